@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for the mnist-serving wire contract (`make proto`)."""

