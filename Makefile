@@ -24,6 +24,8 @@ PYTEST_ARGS ?=
 DEBIAN_PACKAGES ?= dataset-fashion-mnist prometheus
 
 VENV_STAMP := $(VENV)/.installed
+# apt-get needs root: use sudo when make runs as another user.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 PROTO_SOURCES := $(wildcard proto/*.proto)
 PYTHON_SOURCES := server training client bench tests
 
@@ -50,8 +52,7 @@ system-deps: ## Install the Debian packages the tests use (apt-get update first)
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 proto: $(VENV_STAMP) ## Regenerate the Python stubs from proto/ (grpcio-tools + mypy-protobuf)

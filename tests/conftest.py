@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +78,9 @@ def training_report(model_dir: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def sample_digits() -> Iterator[tuple[Any, Any]]:
+def sample_digits() -> tuple[Any, Any]:
     """The 1,000 held-out digits of the mnist-sample split: (uint8 [1000,28,28], labels)."""
     from mnist_serving_training.data import load_mnist_sample
 
     split = load_mnist_sample()
-    yield split.test_images, split.test_labels
+    return split.test_images, split.test_labels

@@ -1,0 +1,214 @@
+"""`Client`: the blocking SDK client."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from mnist_serving_client import wire_messages
+from mnist_serving_client.client_base import (
+    DEFAULT_STREAM_IMAGES_PER_REQUEST,
+    ClientBase,
+    PendingRequest,
+    StreamRequestBuilder,
+    remaining_s,
+    stream_predictions,
+)
+from mnist_serving_client.errors import error_from_rpc_error
+from mnist_serving_client.health import (
+    OVERALL_SERVICE,
+    ServingStatus,
+    health_request,
+    serving_status_from_response,
+)
+from mnist_serving_client.inputs import ImageInput, ImagesInput
+from mnist_serving_client.model_metadata import (
+    ModelMetadata,
+    model_metadata_from_response,
+    model_metadata_request,
+)
+from mnist_serving_client.prediction import Prediction, predictions_from_response
+from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
+
+# How often a stream's request thread, waiting for a free window slot, checks whether the
+# stream has ended meanwhile (so it never waits forever on a finished call).
+WINDOW_POLL_S = 0.1
+
+
+class Client(ClientBase):
+    """A blocking client for the mnist-serving Classify API.
+
+    >>> with Client("localhost:8001") as client:
+    ...     prediction = client.classify_one(pixels)  # uint8 [28, 28]
+
+    Thread-safe: one client (one HTTP/2 connection) may serve many threads. Every method
+    raises `MnistServingError` subclasses only. See `ClientBase.__init__` for the options.
+    """
+
+    def _connect(self) -> None:
+        settings = self.settings
+        credentials = settings.channel_credentials()
+        options = settings.channel_options_list()
+        if credentials is None:
+            self._channel = grpc.insecure_channel(settings.target, options=options)
+        else:
+            self._channel = grpc.secure_channel(settings.target, credentials, options=options)
+        self._classifier = classifier_pb2_grpc.ClassifierStub(self._channel)
+        self._health_check = self._channel.unary_unary(
+            wire_messages.HEALTH_CHECK_METHOD,
+            request_serializer=wire_messages.serialize,
+            response_deserializer=wire_messages.parse_health_response,
+        )
+        self._model_metadata = self._channel.unary_unary(
+            wire_messages.MODEL_METADATA_METHOD,
+            request_serializer=wire_messages.serialize,
+            response_deserializer=wire_messages.parse_model_metadata_response,
+        )
+
+    def classify(
+        self, images: ImagesInput, top_k: int | None = None, *, timeout_s: float | None = None
+    ) -> list[Prediction]:
+        """Classify every image, in order.
+
+        `images`: a numpy array (28x28, Nx28x28 or Nx1x28x28; uint8 or float in [0, 1]), a
+        PIL image, a PNG/JPEG file path or bytes, or an iterable of any of them. Inputs
+        larger than `max_images_per_request` go as several requests, reassembled in order.
+        `top_k` (1-10) also fills each prediction's `top_k`.
+        """
+        requests = self._classify_requests(images, top_k)
+        deadline = self._deadline(timeout_s)
+        predictions: list[Prediction] = []
+        for request in requests:
+            response = self._unary(self._classifier.Classify, request, remaining_s(deadline))
+            predictions.extend(predictions_from_response(response, len(request.images)))
+        return predictions
+
+    def classify_one(
+        self, image: ImageInput, top_k: int | None = None, *, timeout_s: float | None = None
+    ) -> Prediction:
+        """Classify exactly one image (any single-image form `classify` accepts)."""
+        request = self._one_request(image, top_k)
+        timeout = remaining_s(self._deadline(timeout_s))
+        response = self._unary(self._classifier.Classify, request, timeout)
+        return predictions_from_response(response, 1)[0]
+
+    def classify_stream(
+        self,
+        images: Iterable[ImageInput],
+        top_k: int | None = None,
+        *,
+        images_per_request: int = DEFAULT_STREAM_IMAGES_PER_REQUEST,
+        timeout_s: float | None = None,
+    ) -> Iterator[Prediction]:
+        """Classify an iterable of single images over one bidirectional stream.
+
+        Yields one `Prediction` per image, in input order, while later images are still
+        being sent. At most `stream_window` requests are in flight, and images are read
+        from `images` only as the window allows, so memory stays bounded however long
+        the iterable is. A per-request error raises its exception after the predictions
+        before it. `timeout_s` bounds the whole stream (default: `stream_timeout_s`).
+        """
+        self._check_open()
+        # Validate the arguments now, not at the first next().
+        builder = StreamRequestBuilder(self, top_k, images_per_request)
+        return self._stream(images, builder, self._stream_timeout(timeout_s))
+
+    def _stream(
+        self, images: Iterable[ImageInput], builder: StreamRequestBuilder, timeout: float | None
+    ) -> Iterator[Prediction]:
+        window = threading.Semaphore(self.settings.stream_window)
+        finished = threading.Event()
+        pending: collections.deque[PendingRequest] = collections.deque()
+        input_errors: list[BaseException] = []
+
+        def send(ready: tuple[PendingRequest, classifier_pb2.ClassifyRequest]) -> bool:
+            # Wait for a free window slot; False when the stream ended meanwhile.
+            while not window.acquire(timeout=WINDOW_POLL_S):
+                if finished.is_set():
+                    return False
+            if finished.is_set():
+                return False
+            pending.append(ready[0])
+            return True
+
+        def requests() -> Iterator[classifier_pb2.ClassifyRequest]:
+            # Runs in gRPC's sending thread. An error in the caller's iterable or image
+            # ends the request stream cleanly and is re-raised to the caller in order.
+            try:
+                for image in images:
+                    ready = builder.add(image)
+                    if ready is not None:
+                        if not send(ready):
+                            return
+                        yield ready[1]
+                last = builder.flush()
+                if last is not None and send(last):
+                    yield last[1]
+            except Exception as error:
+                input_errors.append(error)
+
+        call = self._classifier.ClassifyStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            for response in call:
+                predictions = stream_predictions(response, pending.popleft())
+                window.release()
+                yield from predictions
+        except grpc.RpcError as error:
+            raise error_from_rpc_error(error) from error
+        finally:
+            finished.set()
+            call.cancel()
+        if input_errors:
+            raise input_errors[0]
+
+    def health(
+        self, service: str = OVERALL_SERVICE, *, timeout_s: float | None = None
+    ) -> ServingStatus:
+        """The grpc.health.v1 status of `service` ("" = the whole server)."""
+        timeout = remaining_s(self._deadline(timeout_s))
+        response = self._unary(self._health_check, health_request(service), timeout)
+        return serving_status_from_response(response)
+
+    def metadata(
+        self,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> ModelMetadata:
+        """The model's metadata (KServe V2 ModelMetadata): versions, platform, tensors."""
+        name, version = self._metadata_target(model_name, model_version)
+        timeout = remaining_s(self._deadline(timeout_s))
+        response = self._unary(self._model_metadata, model_metadata_request(name, version), timeout)
+        return model_metadata_from_response(response)
+
+    def close(self) -> None:
+        """Close the connection; calls in progress are cancelled. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _unary(
+        self, method: grpc.UnaryUnaryMultiCallable[Any, Any], request: Any, timeout: float
+    ) -> Any:
+        self._check_open()
+        try:
+            return method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc_error(error) from error

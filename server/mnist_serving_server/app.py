@@ -1,0 +1,403 @@
+"""The server's lifecycle: build every part from a ServerConfig, serve, drain, stop.
+
+Start: load the model (worker thread), start the batcher, bind the gRPC port (health
+NOT_SERVING), start `/metrics`, warm up (worker thread), then health SERVING and the
+ready file. Stop (SIGTERM/SIGINT, or `stop()` in tests): health NOT_SERVING at once, keep
+serving for `drain_delay_s` so load balancers notice, then refuse new calls and give the
+in-flight ones `grace_period_s` to finish, stop the batcher, close `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from mnist_serving_proto import classifier_pb2_grpc, open_inference_pb2_grpc
+from mnist_serving_server.auth import AuthConfigError, build_auth_interceptor
+from mnist_serving_server.batcher import DynamicBatcher
+from mnist_serving_server.classifier_servicer import ClassifierServicer
+from mnist_serving_server.config import METRICS_OFF, ServerConfig
+from mnist_serving_server.health import (
+    CLASSIFIER_SERVICE,
+    HEALTH_SERVICE,
+    V2_SERVICE,
+    HealthReporter,
+    enable_reflection,
+)
+from mnist_serving_server.inference import InferenceService
+from mnist_serving_server.logs import log_fields
+from mnist_serving_server.message_guard import add_guarded_servicer
+from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_metrics_server
+from mnist_serving_server.repository import resolve_model
+from mnist_serving_server.runtime import ModelRuntime
+from mnist_serving_server.v2_servicer import InferenceV2Servicer
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# (add_XServicer_to_server, the servicer, its full service name) for each API served.
+ServicerRegistration = tuple[Callable[[Any, aio.Server], None], object, str]
+
+
+class ServerStartError(Exception):
+    """The server could not start (port taken, TLS files unreadable); the message says why."""
+
+
+def grpc_address(host: str, port: int) -> str:
+    """host:port, with IPv6 literals bracketed."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def write_ready_file(path: Path, grpc_port: int, metrics_port: int | None) -> None:
+    """Write the ready file atomically (tmp + rename), so a reader never sees half of it."""
+    content = json.dumps({"grpc_port": grpc_port, "metrics_port": metrics_port, "pid": os.getpid()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(content + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class ServingApp:
+    """One server: `await start()`, then `grpc_port` / `metrics_port`, then `await stop()`.
+
+    `warm_up_gate`: when given, warm-up waits for this event (tests use it to observe the
+    NOT_SERVING state before warm-up). `registry`: where metrics go (a fresh one by default).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        warm_up_gate: asyncio.Event | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServerMetrics(self.registry, max_batch_size=config.max_batch_size)
+        self.health = HealthReporter()
+        self._warm_up_gate = warm_up_gate
+        # True only in a --workers process: the port is shared with its siblings on purpose.
+        self._reuse_port = reuse_port
+        self._runtime: ModelRuntime | None = None
+        self._batcher: DynamicBatcher | None = None
+        self._inference: InferenceService | None = None
+        self._server: aio.Server | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._warm_up_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._grpc_port: int | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    # --- what tests and the entry point read ----------------------------------------
+
+    @property
+    def grpc_port(self) -> int:
+        if self._grpc_port is None:
+            raise RuntimeError("the server is not started")
+        return self._grpc_port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound /metrics port, None when the metrics server is off."""
+        return None if self._metrics_server is None else self._metrics_server.port
+
+    @property
+    def target(self) -> str:
+        """Where a client on this machine connects ("127.0.0.1:PORT" for a wildcard host)."""
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return grpc_address(host, self.grpc_port)
+
+    @property
+    def inference(self) -> InferenceService:
+        if self._inference is None:
+            raise RuntimeError("the server is not started")
+        return self._inference
+
+    @property
+    def ready(self) -> bool:
+        return self.health.serving and self.inference.ready
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self, *, wait_ready: bool = True) -> None:
+        """Load, bind and serve; then warm up (awaited unless wait_ready=False).
+
+        Raises ModelLoadError (model missing or broken) or ServerStartError (bind, TLS).
+        """
+        try:
+            await self._start_serving()
+        except BaseException:
+            await self._close()
+            raise
+        self._warm_up_task = asyncio.create_task(self._warm_up(), name="mnist-warm-up")
+        if wait_ready:
+            await self.wait_ready()
+
+    async def wait_ready(self) -> None:
+        """Until warm-up is done (re-raises its failure)."""
+        if self._warm_up_task is None:
+            raise RuntimeError("the server is not started")
+        await asyncio.shield(self._warm_up_task)
+
+    async def _start_serving(self) -> None:
+        config = self.config
+        version, model_path = resolve_model(
+            config.model_repository, config.model_name, config.model_version
+        )
+        self._runtime = runtime = await asyncio.to_thread(
+            ModelRuntime.load,
+            model_path,
+            name=config.model_name,
+            version=str(version),
+            provider=config.provider,
+            intra_op_threads=config.intra_op_threads,
+        )
+        self.metrics.set_model_info(runtime.info)
+        self._batcher = DynamicBatcher(
+            runtime.run,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_s=config.max_queue_delay_s,
+            max_queue_size=config.max_queue_size,
+            observer=self.metrics,
+            on_failure=self._on_batcher_failure,
+        )
+        self._inference = InferenceService(runtime, self._batcher)
+        await self.health.start()
+
+        registrations = self._servicers(self._inference)
+        interceptors = self._interceptors([name for _, _, name in registrations])
+        server = aio.server(options=self._server_options(), interceptors=interceptors)
+        for add_to_server, servicer, _ in registrations:
+            # Guarded: a request that is not valid protobuf gets INVALID_ARGUMENT, not UNKNOWN.
+            add_guarded_servicer(add_to_server, servicer, server)
+        self.health.add_to_server(server)
+        enable_reflection(server, [name for _, _, name in registrations])
+        self._grpc_port = self._bind(server)
+        self._server = server
+        await self._batcher.start()
+        await server.start()
+        if config.metrics_port != METRICS_OFF:
+            try:
+                self._metrics_server, _ = start_metrics_server(
+                    self.registry, config.metrics_host, config.metrics_port
+                )
+            except OSError as exc:
+                raise ServerStartError(
+                    f"cannot serve /metrics on "
+                    f"{grpc_address(config.metrics_host, config.metrics_port)}: {exc}"
+                ) from None
+        info = runtime.info
+        logger.info(
+            "serving (warming up)",
+            extra=log_fields(
+                model=info.name,
+                version=info.version,
+                sha256=info.sha256,
+                provider=info.provider,
+                threads=info.intra_op_threads,
+                grpc_port=self._grpc_port,
+                metrics_port=self.metrics_port,
+                tls=config.tls_enabled,
+                mtls=config.tls_client_ca is not None,
+                token_auth=interceptors is not None,
+                max_batch_size=config.max_batch_size,
+                max_queue_delay_ms=config.max_queue_delay_ms,
+                max_queue_size=config.max_queue_size,
+            ),
+        )
+
+    def _servicers(self, inference: InferenceService) -> list[ServicerRegistration]:
+        """Every API this server answers; add a line here to serve another one."""
+        return [
+            (
+                classifier_pb2_grpc.add_ClassifierServicer_to_server,
+                ClassifierServicer(inference, self.metrics, self.config),
+                CLASSIFIER_SERVICE,
+            ),
+            (
+                open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                InferenceV2Servicer(inference, self.metrics, self.config),
+                V2_SERVICE,
+            ),
+        ]
+
+    def _interceptors(self, api_services: list[str]) -> list[aio.ServerInterceptor] | None:
+        """Bearer-token auth when a token is configured; None (no interceptor, no cost) if not.
+
+        The tokens are read here, from --auth-token-file and MNIST_SERVING_AUTH_TOKEN, not kept
+        in ServerConfig, so they never appear in its repr, the logs or a command line.
+        """
+        config = self.config
+        try:
+            auth = build_auth_interceptor(
+                config.auth_token_file,
+                os.environ,
+                exempt_services=config.auth_exempt_services,
+                served_services=[*api_services, HEALTH_SERVICE, reflection.SERVICE_NAME],
+                metrics=self.metrics,
+            )
+        except AuthConfigError as exc:
+            raise ServerStartError(str(exc)) from None
+        if auth is None:
+            return None
+        if not config.tls_enabled:
+            logger.warning(
+                "bearer-token auth without TLS: tokens cross the network in clear text; "
+                "use --tls-cert/--tls-key unless the network itself is trusted"
+            )
+        return [auth]
+
+    def _server_options(self) -> list[tuple[str, Any]]:
+        limit = self.config.max_message_bytes
+        return [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # Without this a second server could bind the same port and steal half the
+            # connections; with it a port clash fails at start. Workers (--workers N) share
+            # the port the parent reserved on purpose (workers.py).
+            ("grpc.so_reuseport", 1 if self._reuse_port else 0),
+        ]
+
+    def _bind(self, server: aio.Server) -> int:
+        config = self.config
+        address = grpc_address(config.host, config.port)
+        try:
+            if config.tls_enabled:
+                port = server.add_secure_port(address, self._tls_credentials())
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ServerStartError(
+                f"cannot bind the gRPC port {address} (is another server using it?): {exc}"
+            ) from None
+        if port == 0:
+            raise ServerStartError(f"cannot bind the gRPC port {address} (in use?)")
+        return int(port)
+
+    def _tls_credentials(self) -> grpc.ServerCredentials:
+        config = self.config
+        assert config.tls_cert is not None
+        assert config.tls_key is not None
+        try:
+            cert = config.tls_cert.read_bytes()
+            key = config.tls_key.read_bytes()
+            client_ca = None if config.tls_client_ca is None else config.tls_client_ca.read_bytes()
+        except OSError as exc:
+            raise ServerStartError(f"cannot read a TLS file: {exc}") from None
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+    async def _warm_up(self) -> None:
+        if self._warm_up_gate is not None:
+            await self._warm_up_gate.wait()
+        assert self._runtime is not None
+        assert self._inference is not None
+        await asyncio.to_thread(self._runtime.warm_up, self.config.max_batch_size)
+        if self._stopping:
+            return
+        self._inference.set_ready(True)
+        await self.health.set_serving()
+        if self.config.ready_file is not None:
+            write_ready_file(self.config.ready_file, self.grpc_port, self.metrics_port)
+        logger.info(
+            "ready", extra=log_fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port)
+        )
+
+    def _on_batcher_failure(self, exc: BaseException) -> None:
+        """The batch loop died: nothing can be served any more; say so to health checks."""
+        logger.error("batch loop died; reporting NOT_SERVING", exc_info=exc)
+        if self._inference is not None:
+            self._inference.set_ready(False)
+        task = asyncio.get_running_loop().create_task(self.health.set_not_serving_for_good())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop(self, *, drain_delay_s: float | None = None) -> None:
+        """Drain and stop (idempotent; a second caller waits for the first)."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        drain = self.config.drain_delay_s if drain_delay_s is None else drain_delay_s
+        try:
+            await self.health.set_not_serving_for_good()
+            if self._server is not None and drain > 0:
+                logger.info("stopping: NOT_SERVING, draining", extra=log_fields(drain_s=drain))
+                await asyncio.sleep(drain)
+            await self._close()
+        finally:
+            self._stopped.set()
+        logger.info("stopped")
+
+    async def _close(self) -> None:
+        """Stop whatever was started, in reverse order; safe on a half-started server."""
+        if self._warm_up_task is not None and not self._warm_up_task.done():
+            self._warm_up_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._warm_up_task
+        server, self._server = self._server, None
+        if server is not None:
+            # New calls are refused from here on; calls in flight get the grace period.
+            await server.stop(self.config.grace_period_s)
+        if self._inference is not None:
+            self._inference.set_ready(False)
+        if self._batcher is not None:
+            await self._batcher.stop()
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.close)
+        ready_file = self.config.ready_file
+        if ready_file is not None and self._grpc_port is not None:
+            with contextlib.suppress(FileNotFoundError):
+                ready_file.unlink()
+
+    async def wait_for_termination(self) -> None:
+        """Until stop() has finished."""
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig, *, reuse_port: bool = False) -> None:
+    """Run a server until SIGTERM or SIGINT, then drain and stop (the entry point's body)."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop_requested.set)
+    app = ServingApp(config, reuse_port=reuse_port)
+    try:
+        await app.start(wait_ready=False)  # on failure it has cleaned up after itself
+        try:
+            ready_or_stop = [
+                asyncio.ensure_future(app.wait_ready()),
+                asyncio.ensure_future(stop_requested.wait()),
+            ]
+            done, pending = await asyncio.wait(ready_or_stop, return_when=asyncio.FIRST_COMPLETED)
+            for future in pending:
+                future.cancel()
+            for future in done:
+                future.result()  # a failed warm-up ends the process with its error
+            await stop_requested.wait()
+            logger.info("stop signal received")
+        finally:
+            await app.stop()
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)

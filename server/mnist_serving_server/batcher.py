@@ -1,0 +1,441 @@
+"""Greedy dynamic batching in front of a blocking model call. Never imports grpc.
+
+One asyncio task (the batch loop) owns the queue. Callers `submit` an array of images
+and await a future that was created before the request was queued. Whenever the worker
+thread is free, the loop takes everything queued, up to `max_batch_size` images
+(optionally waiting up to `max_queue_delay_s` for a batch to fill), drops requests whose
+deadline passed or whose caller went away, concatenates the rest once, runs the model in
+a dedicated thread and slices each caller's rows back out.
+
+Cost per request matters more than anything here (the model costs ~12 µs per image), so
+`submit` does no more than a few attribute reads, one append and one future; the loop
+wakes once per batch, not once per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from mnist_serving_server.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    NotReadyError,
+    QueueFullError,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_QUEUE_DELAY_S = 0.0
+DEFAULT_MAX_QUEUE_SIZE = 4096
+# stop() lets the batch being computed finish and settle its callers; a model call that
+# hangs longer than this is abandoned (its callers get NotReadyError).
+STOP_IN_FLIGHT_TIMEOUT_S = 10.0
+WORKER_THREAD_NAME = "mnist-batch-worker"
+
+REASON_QUEUE_FULL = "queue_full"
+REASON_DEADLINE = "deadline"
+REASON_CANCELLED = "cancelled"
+
+Outputs = dict[str, np.ndarray]
+RunBatch = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+
+
+class BatcherObserver(Protocol):
+    """What the batcher reports (implemented by the metrics module)."""
+
+    def on_queue_depth(self, images: int) -> None: ...
+
+    def on_batch(
+        self, batch_size: int, queue_waits_s: Sequence[float], compute_s: float
+    ) -> None: ...
+
+    def on_rejected(self, reason: str) -> None: ...  # "queue_full" | "deadline" | "cancelled"
+
+
+class _Request:
+    """One caller's images, its future, and how many of its rows are already batched."""
+
+    __slots__ = ("deadline", "enqueued_at", "future", "parts", "pixels", "rows", "taken")
+
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        rows: int,
+        future: asyncio.Future[Outputs],
+        deadline: float | None,
+        enqueued_at: float,
+    ) -> None:
+        self.pixels = pixels
+        self.rows = rows
+        self.future = future
+        self.deadline = deadline
+        self.enqueued_at = enqueued_at
+        self.taken = 0  # rows already handed to a batch (> 0 only for a split request)
+        self.parts: list[Mapping[str, np.ndarray]] = []  # outputs of earlier chunks, in order
+
+
+class _Slice:
+    """Rows [start, stop) of one request, at `offset` in the batch."""
+
+    __slots__ = ("offset", "request", "start", "stop")
+
+    def __init__(self, request: _Request, start: int, stop: int, offset: int) -> None:
+        self.request = request
+        self.start = start
+        self.stop = stop
+        self.offset = offset
+
+
+class DynamicBatcher:
+    """Queue + futures + greedy batching around one blocking `run_batch` callable."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_queue_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        observer: BatcherObserver | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queue_delay_s < 0:
+            raise ValueError(f"max_queue_delay_s must be >= 0, got {max_queue_delay_s}")
+        if max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._max_queue_delay_s = max_queue_delay_s
+        self._max_queue_size = max_queue_size
+        self._observer = observer
+        self._on_failure = on_failure
+        self._queue: deque[_Request] = deque()
+        self._queued_images = 0
+        self._running = False
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        # The loop parks on this future; `submit` resolves it once at least
+        # `_wake_at_images` images are queued (1 when idle, a full batch while filling).
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_at_images = 1
+        # The batch being computed, so that a dying loop can fail its callers too.
+        self._in_flight: list[_Slice] = []
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting (not yet handed to the model)."""
+        return self._queued_images
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop(), and False once the loop has died."""
+        return self._running
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch_size
+
+    async def start(self) -> None:
+        """Start the batch loop on the running event loop (idempotent)."""
+        if self._running:
+            return
+        if self._stopping:
+            raise RuntimeError("a stopped DynamicBatcher cannot be restarted")
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=WORKER_THREAD_NAME)
+        self._running = True
+        self._task = self._loop.create_task(self._batch_loop(), name="mnist-batch-loop")
+
+    async def stop(self) -> None:
+        """Stop: the batch being computed finishes; queued requests fail with NotReadyError.
+
+        Idempotent; safe after the loop has died.
+        """
+        self._running = False
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake()
+        task = self._task
+        if task is not None and not task.done():
+            # Give the batch in flight a chance to settle its callers, then insist.
+            done, _ = await asyncio.wait({task}, timeout=STOP_IN_FLIGHT_TIMEOUT_S)
+            if not done:
+                logger.warning(
+                    "batch in flight did not finish within %.1f s of stop; abandoning it",
+                    STOP_IN_FLIGHT_TIMEOUT_S,
+                )
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._fail_pending(NotReadyError("server is shutting down; retry on another replica"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(
+        self, pixels: np.ndarray, *, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue `pixels` ([n, ...], n >= 1) and return every output, sliced to these n rows.
+
+        `deadline` is an absolute time.monotonic() value. Raises QueueFullError at once
+        when the request does not fit, DeadlineExceededError if the deadline passes before
+        compute, NotReadyError when stopped; a model failure is raised as is.
+        """
+        if not self._running:
+            raise NotReadyError("the batcher is not running (not started, stopping or failed)")
+        rows = len(pixels) if pixels.ndim else 0
+        if rows < 1:
+            raise InvalidInputError(f"expected at least one image, got shape {pixels.shape}")
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            self._reject(REASON_DEADLINE)
+            raise DeadlineExceededError("deadline exceeded before the request was queued")
+        queued = self._queued_images
+        if queued + rows > self._max_queue_size:
+            self._reject(REASON_QUEUE_FULL)
+            if rows > self._max_queue_size:
+                raise QueueFullError(
+                    f"request of {rows} images is larger than the queue limit "
+                    f"{self._max_queue_size}; send smaller requests"
+                )
+            raise QueueFullError(
+                f"queue full: {queued} images queued, limit {self._max_queue_size}; "
+                "retry with backoff"
+            )
+        assert self._loop is not None  # set by start()
+        future: asyncio.Future[Outputs] = self._loop.create_future()
+        self._queue.append(_Request(pixels, rows, future, deadline, now))
+        queued += rows
+        self._queued_images = queued
+        if self._waiter is not None and queued >= self._wake_at_images:
+            self._wake()
+        return await future
+
+    # --- the batch loop -------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_for_images(self, images: int, until: float | None) -> None:
+        """Park until `images` are queued, stop() is called, or time.monotonic() >= until."""
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiter = waiter
+        self._wake_at_images = images
+        try:
+            if until is None:
+                await waiter
+            else:
+                # loop.time() is time.monotonic() for asyncio's loops; convert anyway.
+                loop_deadline = self._loop.time() + (until - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(loop_deadline):
+                        await waiter
+        finally:
+            self._waiter = None
+            self._wake_at_images = 1
+
+    async def _batch_loop(self) -> None:
+        try:
+            while not self._stopping:
+                if not self._queue:
+                    await self._wait_for_images(1, None)
+                    continue
+                if self._max_queue_delay_s > 0 and self._queued_images < self._max_batch_size:
+                    # Wait for a full batch, at most max_queue_delay after the oldest arrived.
+                    until = self._queue[0].enqueued_at + self._max_queue_delay_s
+                    if until > time.monotonic():
+                        await self._wait_for_images(self._max_batch_size, until)
+                        continue  # re-check: stopped, batch full, or the delay is over
+                slices, rows = self._collect_batch()
+                if slices:
+                    await self._process_batch(slices, rows)
+        except asyncio.CancelledError:
+            # Only stop() cancels the loop (after its grace); it fails what is pending.
+            self._fail_slices(self._in_flight, NotReadyError("server is shutting down"))
+            raise
+        except BaseException as exc:
+            self._loop_died(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _loop_died(self, exc: BaseException) -> None:
+        self._running = False
+        logger.error("batch loop stopped unexpectedly", exc_info=exc)
+        self._fail_pending(
+            NotReadyError("batch loop stopped unexpectedly; the server is not serving")
+        )
+        if self._on_failure is not None:
+            try:
+                self._on_failure(exc)
+            except Exception:
+                logger.exception("on_failure callback raised")
+
+    def _collect_batch(self) -> tuple[list[_Slice], int]:
+        """Take up to max_batch_size rows from the front of the queue, splitting if needed."""
+        queue = self._queue
+        capacity = self._max_batch_size
+        now = time.monotonic()
+        slices: list[_Slice] = []
+        rows = 0
+        taken_images = 0
+        while queue and rows < capacity:
+            request = queue[0]
+            remaining = request.rows - request.taken
+            future = request.future
+            if future.done():
+                # Cancelled by its caller, or failed with an earlier chunk of itself.
+                queue.popleft()
+                taken_images += remaining
+                if future.cancelled():
+                    self._reject(REASON_CANCELLED)
+                continue
+            if request.deadline is not None and request.deadline <= now:
+                queue.popleft()
+                taken_images += remaining
+                self._reject(REASON_DEADLINE)
+                future.set_exception(
+                    DeadlineExceededError("deadline exceeded while waiting in the queue")
+                )
+                continue
+            count = min(remaining, capacity - rows)
+            start = request.taken
+            slices.append(_Slice(request, start, start + count, rows))
+            rows += count
+            taken_images += count
+            if count == remaining:
+                queue.popleft()
+            else:
+                request.taken = start + count
+        self._queued_images -= taken_images
+        self._report_queue_depth()
+        return slices, rows
+
+    def _concatenate(self, slices: list[_Slice], rows: int) -> np.ndarray:
+        if len(slices) == 1:
+            only = slices[0]
+            if only.start == 0 and only.stop == only.request.rows:
+                return only.request.pixels  # the common low-load case: no copy at all
+            return only.request.pixels[only.start : only.stop]
+        first = slices[0].request.pixels
+        batch = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
+        for piece in slices:
+            batch[piece.offset : piece.offset + piece.stop - piece.start] = piece.request.pixels[
+                piece.start : piece.stop
+            ]
+        return batch
+
+    def _timed_run(self, batch: np.ndarray) -> tuple[Mapping[str, np.ndarray], float]:
+        """Runs in the worker thread."""
+        started = time.perf_counter()
+        outputs = self._run_batch(batch)
+        return outputs, time.perf_counter() - started
+
+    async def _process_batch(self, slices: list[_Slice], rows: int) -> None:
+        assert self._loop is not None
+        self._in_flight = slices
+        try:
+            batch = self._concatenate(slices, rows)
+            started = time.monotonic()
+            outputs, compute_s = await self._loop.run_in_executor(
+                self._executor, self._timed_run, batch
+            )
+            _check_outputs(outputs, rows)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A model failure (or a broken invariant) fails this batch only.
+            logger.error("batch of %d images failed", rows, exc_info=exc)
+            self._fail_slices(slices, exc)
+            self._in_flight = []
+            return
+        # Still "in flight" while settling: if settling itself breaks, the dying loop
+        # fails whichever of these callers are not settled yet.
+        self._settle(slices, outputs)
+        self._in_flight = []
+        if self._observer is not None:
+            waits = [started - piece.request.enqueued_at for piece in slices]
+            try:
+                self._observer.on_batch(rows, waits, compute_s)
+            except Exception:
+                logger.exception("batch observer failed")
+
+    def _settle(self, slices: list[_Slice], outputs: Mapping[str, np.ndarray]) -> None:
+        """Hand each caller its rows (views into the batch outputs, no copies)."""
+        for piece in slices:
+            request = piece.request
+            future = request.future
+            if future.done():
+                continue  # cancelled while computing
+            offset = piece.offset
+            end = offset + piece.stop - piece.start
+            own = {name: value[offset:end] for name, value in outputs.items()}
+            if piece.start == 0 and piece.stop == request.rows:
+                future.set_result(own)
+                continue
+            request.parts.append(own)
+            if piece.stop == request.rows:
+                future.set_result(
+                    {name: np.concatenate([part[name] for part in request.parts]) for name in own}
+                )
+                request.parts = []
+
+    def _fail_slices(self, slices: list[_Slice], exc: BaseException) -> None:
+        for piece in slices:
+            if not piece.request.future.done():
+                piece.request.future.set_exception(exc)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        """Fail the batch in flight and everything queued with `exc`."""
+        self._fail_slices(self._in_flight, exc)
+        self._in_flight = []
+        while self._queue:
+            future = self._queue.popleft().future
+            if not future.done():
+                future.set_exception(exc)
+        self._queued_images = 0
+        self._report_queue_depth()
+
+    def _reject(self, reason: str) -> None:
+        if self._observer is not None:
+            try:
+                self._observer.on_rejected(reason)
+            except Exception:
+                logger.exception("batch observer failed")
+
+    def _report_queue_depth(self) -> None:
+        if self._observer is not None:
+            try:
+                self._observer.on_queue_depth(self._queued_images)
+            except Exception:
+                logger.exception("batch observer failed")
+
+
+def _check_outputs(outputs: object, rows: int) -> None:
+    """The batch invariant: every output is an array with one row per input image."""
+    if not isinstance(outputs, Mapping) or not outputs:
+        raise RuntimeError(f"model returned {type(outputs).__name__}, expected a dict of arrays")
+    for name, value in outputs.items():
+        if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != rows:
+            shape = getattr(value, "shape", type(value).__name__)
+            raise RuntimeError(
+                f"batch invariant broken: output {name!r} has shape {shape} for {rows} input rows"
+            )

@@ -1,0 +1,225 @@
+"""`mnist_serving.v1.Classifier`: Classify and ClassifyStream.
+
+Thin on purpose: protobuf -> one uint8 [n,1,28,28] array -> `InferenceService.infer` ->
+protobuf. Validation errors are `InvalidInputError`s naming the field and what was
+expected; `grpc_errors` turns every exception into a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from grpc import aio
+
+from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
+from mnist_serving_server.config import ServerConfig
+from mnist_serving_server.errors import InvalidInputError
+from mnist_serving_server.grpc_errors import abort_with, status_code_number, status_for
+from mnist_serving_server.images import decode_image
+from mnist_serving_server.inference import InferenceService
+from mnist_serving_server.metrics import ServerMetrics
+
+IMAGE_SIDE = 28
+IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
+MODEL_IMAGE_SHAPE = (1, IMAGE_SIDE, IMAGE_SIDE)
+PROBABILITIES_OUTPUT = "probabilities"
+# Stream requests in flight at once per stream: enough to keep the batcher fed from one
+# stream, small enough that one client cannot queue unbounded work through a stream.
+STREAM_WINDOW = 64
+
+ServicerContext = aio.ServicerContext[
+    classifier_pb2.ClassifyRequest, classifier_pb2.ClassifyResponse
+]
+
+
+def request_pixels(
+    images: Sequence[classifier_pb2.Image], *, max_images: int, max_decoded_pixels: int
+) -> npt.NDArray[np.uint8]:
+    """The request's images as one uint8 [n,1,28,28] array (raw pixels are not copied twice).
+
+    Raises InvalidInputError for an empty request, too many images, a raw image of the
+    wrong length, an image with no data, or an encoded image that cannot be used.
+    """
+    count = len(images)
+    if count == 0:
+        raise InvalidInputError(
+            "the request has no images: set `images` to one or more Image messages "
+            f"(`pixels`: {IMAGE_BYTES} raw bytes, or `encoded`: a PNG/JPEG)"
+        )
+    if count > max_images:
+        raise InvalidInputError(
+            f"the request has {count} images; this server takes at most {max_images} per "
+            "request (max_images_per_request): split it into several requests"
+        )
+    raw: list[bytes] = []
+    for index, image in enumerate(images):
+        kind = image.WhichOneof("data")
+        if kind != "pixels":
+            break
+        if len(image.pixels) != IMAGE_BYTES:
+            raise _wrong_size(index, len(image.pixels))
+        raw.append(image.pixels)
+    else:  # every image is raw pixels: the common, fast path, one join and no other copy
+        data = raw[0] if count == 1 else b"".join(raw)
+        return np.frombuffer(data, dtype=np.uint8).reshape(count, *MODEL_IMAGE_SHAPE)
+    return _mixed_pixels(images, max_decoded_pixels=max_decoded_pixels)
+
+
+def _mixed_pixels(
+    images: Sequence[classifier_pb2.Image], *, max_decoded_pixels: int
+) -> npt.NDArray[np.uint8]:
+    pixels = np.empty((len(images), *MODEL_IMAGE_SHAPE), dtype=np.uint8)
+    for index, image in enumerate(images):
+        kind = image.WhichOneof("data")
+        if kind == "pixels":
+            if len(image.pixels) != IMAGE_BYTES:
+                raise _wrong_size(index, len(image.pixels))
+            pixels[index, 0] = np.frombuffer(image.pixels, dtype=np.uint8).reshape(
+                IMAGE_SIDE, IMAGE_SIDE
+            )
+        elif kind == "encoded":
+            try:
+                pixels[index, 0] = decode_image(image.encoded, max_pixels=max_decoded_pixels)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"images[{index}].encoded: {exc}") from None
+        else:
+            raise InvalidInputError(
+                f"images[{index}] has no data: set `pixels` ({IMAGE_BYTES} raw bytes) "
+                "or `encoded` (a PNG/JPEG)"
+            )
+    return pixels
+
+
+def _wrong_size(index: int, size: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"images[{index}].pixels has {size} bytes; expected {IMAGE_BYTES} "
+        f"({IMAGE_SIDE}x{IMAGE_SIDE} uint8, row-major)"
+    )
+
+
+def deadline_of(context: ServicerContext) -> float | None:
+    """The call's gRPC deadline as an absolute `time.monotonic()` value (None: no deadline)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    """Classify and ClassifyStream over one InferenceService (shared with KServe V2)."""
+
+    def __init__(
+        self, inference: InferenceService, metrics: ServerMetrics, config: ServerConfig
+    ) -> None:
+        self._inference = inference
+        self._metrics = metrics
+        self._max_images = config.max_images_per_request
+        self._max_decoded_pixels = config.max_decoded_pixels
+
+    async def Classify(  # noqa: N802 - the gRPC method name
+        self, request: classifier_pb2.ClassifyRequest, context: ServicerContext
+    ) -> classifier_pb2.ClassifyResponse:
+        with self._metrics.track_request("Classify") as record:
+            try:
+                return await self._classify(request, deadline_of(context))
+            except Exception as exc:
+                await abort_with(context, exc, record)
+
+    async def ClassifyStream(  # noqa: N802 - the gRPC method name
+        self,
+        request_iterator: AsyncIterator[classifier_pb2.ClassifyRequest],
+        context: ServicerContext,
+    ) -> AsyncIterator[classifier_pb2.ClassifyResponse]:
+        """Requests are handled concurrently (up to STREAM_WINDOW); replies keep their order.
+
+        A reader task turns each request into a task and queues it; this generator awaits
+        the tasks in order. The bounded queue is the window: the reader stops reading (and
+        HTTP/2 flow control pushes back on the client) while STREAM_WINDOW are in flight.
+        """
+        with self._metrics.track_request("ClassifyStream"):
+            deadline = deadline_of(context)
+            pending: asyncio.Queue[asyncio.Task[classifier_pb2.ClassifyResponse] | None] = (
+                asyncio.Queue(maxsize=STREAM_WINDOW)
+            )
+
+            async def read_requests() -> None:
+                try:
+                    async for request in request_iterator:
+                        await pending.put(
+                            asyncio.create_task(self._classify_stream_item(request, deadline))
+                        )
+                finally:
+                    await pending.put(None)
+
+            reader = asyncio.create_task(read_requests())
+            try:
+                while (task := await pending.get()) is not None:
+                    yield await task
+                await reader  # a broken request stream ends the call with its error
+            finally:
+                reader.cancel()
+                while not pending.empty():
+                    leftover = pending.get_nowait()
+                    if leftover is not None:
+                        leftover.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+
+    async def _classify_stream_item(
+        self, request: classifier_pb2.ClassifyRequest, deadline: float | None
+    ) -> classifier_pb2.ClassifyResponse:
+        try:
+            return await self._classify(request, deadline)
+        except Exception as exc:
+            code, message = status_for(exc)
+            return classifier_pb2.ClassifyResponse(
+                request_id=request.request_id,
+                error=classifier_pb2.Error(code=status_code_number(code), message=message),
+            )
+
+    async def _classify(
+        self, request: classifier_pb2.ClassifyRequest, deadline: float | None
+    ) -> classifier_pb2.ClassifyResponse:
+        info = self._inference.info
+        self._inference.check_model(request.model_name, request.model_version)
+        class_count = len(info.labels)
+        if request.top_k > class_count:
+            raise InvalidInputError(
+                f"top_k is {request.top_k}; at most {class_count} (the number of classes)"
+            )
+        pixels = request_pixels(
+            request.images, max_images=self._max_images, max_decoded_pixels=self._max_decoded_pixels
+        )
+        outputs = await self._inference.infer(pixels, deadline=deadline)
+        return classifier_pb2.ClassifyResponse(
+            predictions=predictions(outputs[PROBABILITIES_OUTPUT], request.top_k),
+            model_name=info.name,
+            model_version=info.version,
+            request_id=request.request_id,
+        )
+
+
+def predictions(
+    probabilities: npt.NDArray[np.float32], top_k: int
+) -> list[classifier_pb2.Prediction]:
+    """One Prediction per row of [n, classes] probabilities; top_k (0 = none) per row."""
+    labels = probabilities.argmax(axis=1)
+    rows = probabilities.tolist()  # one conversion for the whole batch, not per element
+    result: list[classifier_pb2.Prediction] = []
+    if top_k:
+        # Stable sort on -p: ties keep the lower class first, so replies are deterministic.
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k].tolist()
+    for row_index, (label, row) in enumerate(zip(labels.tolist(), rows, strict=True)):
+        prediction = classifier_pb2.Prediction(
+            label=label, probability=row[label], probabilities=row
+        )
+        if top_k:
+            prediction.top_k.extend(
+                classifier_pb2.ClassScore(label=cls, probability=row[cls])
+                for cls in ranked[row_index]
+            )
+        result.append(prediction)
+    return result

@@ -1,0 +1,61 @@
+"""`grpc.health.v1` status for the whole server and each of its services, and reflection.
+
+NOT_SERVING until the model is loaded and warm; SERVING after; NOT_SERVING for good once
+shutdown starts or the batch loop dies (the health servicer's graceful-shutdown mode
+ignores later `set` calls, so nothing can flip it back by mistake).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+OVERALL = ""
+CLASSIFIER_SERVICE = "mnist_serving.v1.Classifier"
+V2_SERVICE = "inference.GRPCInferenceService"
+SERVICE_NAMES = (OVERALL, CLASSIFIER_SERVICE, V2_SERVICE)
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthReporter:
+    """Owns the health servicer and the status of every service name."""
+
+    def __init__(self, service_names: Sequence[str] = SERVICE_NAMES) -> None:
+        self.servicer = health_aio.HealthServicer()
+        self.service_names = tuple(service_names)
+        self._serving = False
+
+    async def start(self) -> None:
+        """Every name NOT_SERVING (the servicer starts with "" SERVING: override it)."""
+        for name in self.service_names:
+            await self.servicer.set(name, NOT_SERVING)
+
+    def add_to_server(self, server: aio.Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
+    async def set_serving(self) -> None:
+        for name in self.service_names:
+            await self.servicer.set(name, SERVING)
+        self._serving = True
+
+    async def set_not_serving_for_good(self) -> None:
+        """Shutdown or a dead batch loop: NOT_SERVING, and no later call flips it back."""
+        self._serving = False
+        await self.servicer.enter_graceful_shutdown()
+
+
+def enable_reflection(server: aio.Server, service_names: Iterable[str]) -> None:
+    """Server reflection (grpcurl, Postman) for the given services, health and itself."""
+    names = (*service_names, HEALTH_SERVICE, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)

@@ -1,0 +1,164 @@
+"""Requests that are not valid protobuf get INVALID_ARGUMENT, like any other malformed input.
+
+Left to itself, gRPC answers a request it cannot deserialize with UNKNOWN and the parser's
+exception class in the details. DESIGN.md's error table says malformed input is
+INVALID_ARGUMENT, so every servicer is registered through `add_guarded_servicer`: its
+deserializers return a `MalformedMessage` marker instead of raising, and its handlers end
+the call with INVALID_ARGUMENT when they meet one. Nothing changes for valid requests
+except one try/except around the parser and one extra call frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from mnist_serving_server.errors import InvalidInputError
+
+Deserializer = Callable[[bytes], Any]
+AddServicer = Callable[[Any, Any], None]
+
+
+class MalformedMessage:
+    """What a guarded deserializer returns for bytes that do not parse."""
+
+    __slots__ = ("description",)
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+
+def tolerant_deserializer(deserialize: Deserializer) -> Deserializer:
+    """`deserialize`, returning a MalformedMessage instead of raising."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser raises
+            return MalformedMessage(
+                f"the request is not a valid protobuf message for this method: {exc}"
+            )
+
+    return parse
+
+
+class MalformedRequestError(InvalidInputError):
+    """A streamed request did not parse; raised from the request iterator the servicer reads,
+    so the servicer unwinds (and counts the call) like for any invalid input."""
+
+
+async def _abort_malformed(context: aio.ServicerContext[Any, Any], request: Any) -> None:
+    if isinstance(request, MalformedMessage):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.description)
+
+
+async def _checked_stream(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in request_iterator:
+        if isinstance(request, MalformedMessage):
+            raise MalformedRequestError(request.description)
+        yield request
+
+
+def _guard_unary_request(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await _abort_malformed(context, request)
+        return await behavior(request, context)
+
+    return guarded
+
+
+def _guard_stream_request(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded(request_iterator: AsyncIterator[Any], context: Any) -> Any:
+        try:
+            return await behavior(_checked_stream(request_iterator), context)
+        except MalformedRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    return guarded
+
+
+def _guard_stream_request_stream_reply(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded(request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        replies = behavior(_checked_stream(request_iterator), context)
+        try:
+            # aclosing: a client that goes away closes the servicer's generator at once.
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
+                    yield reply
+        except MalformedRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    return guarded
+
+
+def _guard_unary_request_stream_reply(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded(request: Any, context: Any) -> AsyncIterator[Any]:
+        await _abort_malformed(context, request)
+        replies = behavior(request, context)
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                yield reply
+
+    return guarded
+
+
+def guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same method, answering unparseable requests with INVALID_ARGUMENT."""
+    if handler.request_deserializer is None:
+        return handler
+    deserializer = tolerant_deserializer(handler.request_deserializer)
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _guard_unary_request(handler.unary_unary), deserializer, serializer
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _guard_unary_request_stream_reply(handler.unary_stream), deserializer, serializer
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _guard_stream_request(handler.stream_unary), deserializer, serializer
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            _guard_stream_request_stream_reply(handler.stream_stream), deserializer, serializer
+        )
+    return handler
+
+
+class _HandlerCollector:
+    """Stands in for the server while a generated `add_XServicer_to_server` runs."""
+
+    def __init__(self) -> None:
+        self.service: str | None = None
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """Ignored: the same handlers arrive by name in add_registered_method_handlers."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.service = service
+        self.handlers.update(handlers)
+
+
+def add_guarded_servicer(add_to_server: AddServicer, servicer: object, server: aio.Server) -> None:
+    """Like `add_to_server(servicer, server)`, with every handler guarded (guard_handler)."""
+    collector = _HandlerCollector()
+    add_to_server(servicer, collector)
+    if collector.service is None or not collector.handlers:
+        raise RuntimeError(
+            "the generated add_*_to_server registered no named handlers; regenerate the stubs "
+            "with grpcio-tools >= 1.63"
+        )
+    guarded = {name: guard_handler(handler) for name, handler in collector.handlers.items()}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(collector.service, guarded),)
+    )
+    server.add_registered_method_handlers(collector.service, guarded)

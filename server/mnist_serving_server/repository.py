@@ -1,0 +1,49 @@
+"""Finds models and versions in a Triton-style repository: `<repo>/<model>/<version>/model.onnx`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnist_serving_server.errors import ModelLoadError
+
+MODEL_FILE_NAME = "model.onnx"
+
+
+def list_versions(repository: Path, model_name: str) -> list[int]:
+    """The integer version folders of `model_name` that hold a model.onnx, ascending."""
+    model_root = repository / model_name
+    if not model_root.is_dir():
+        return []
+    return sorted(
+        int(entry.name)
+        for entry in model_root.iterdir()
+        if _is_version_name(entry.name) and (entry / MODEL_FILE_NAME).is_file()
+    )
+
+
+def _is_version_name(name: str) -> bool:
+    """Canonical non-negative integers only ("1", "12"; not "01", "1.0" or non-ASCII digits)."""
+    return name.isascii() and name.isdigit() and name == str(int(name))
+
+
+def resolve_model(
+    repository: Path, model_name: str, version: int | None = None
+) -> tuple[int, Path]:
+    """(version, path to model.onnx): the highest version when `version` is None."""
+    model_root = repository / model_name
+    versions = list_versions(repository, model_name)
+    if not versions:
+        raise ModelLoadError(
+            f"no versions of model {model_name!r} in {model_root}: expected "
+            f"{model_root}/<version>/{MODEL_FILE_NAME} (run `make train-export` to create one)"
+        )
+    if version is None:
+        chosen = versions[-1]
+    elif version in versions:
+        chosen = version
+    else:
+        raise ModelLoadError(
+            f"version {version} of model {model_name!r} not found: no "
+            f"{model_root / str(version) / MODEL_FILE_NAME}; available versions: {versions}"
+        )
+    return chosen, model_root / str(chosen) / MODEL_FILE_NAME

@@ -1,0 +1,69 @@
+"""Helpers for the Classify integration tests: requests, a reference ONNX Runtime, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image as PilImage
+
+from mnist_serving_proto import classifier_pb2
+from mnist_serving_server.app import ServingApp
+
+IMAGE_SHAPE = (28, 28)
+# The acceptance bound: served probabilities equal ONNX Runtime run directly on the pixels.
+PARITY_ATOL = 1e-6
+POLL_INTERVAL_S = 0.02
+POLL_TIMEOUT_S = 20.0
+
+
+def raw_request(digits: np.ndarray, **fields: object) -> classifier_pb2.ClassifyRequest:
+    """A ClassifyRequest with each uint8 [28,28] digit as raw pixels."""
+    images = [classifier_pb2.Image(pixels=digit.astype(np.uint8).tobytes()) for digit in digits]
+    return classifier_pb2.ClassifyRequest(images=images, **fields)  # type: ignore[arg-type]
+
+
+def png_bytes(digit: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PilImage.fromarray(digit.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ReferenceModel:
+    """The model file run directly with ONNX Runtime: what the server must agree with."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self._session = ort.InferenceSession(
+            str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+
+    def probabilities(self, digits: np.ndarray) -> np.ndarray:
+        """float32 [n,10] for uint8 [n,28,28] digits."""
+        pixels = np.ascontiguousarray(digits.reshape(-1, 1, *IMAGE_SHAPE), dtype=np.uint8)
+        (result,) = self._session.run(["probabilities"], {self._input: pixels})
+        return np.asarray(result)
+
+
+def served_probabilities(response: classifier_pb2.ClassifyResponse) -> np.ndarray:
+    return np.array([list(p.probabilities) for p in response.predictions], dtype=np.float32)
+
+
+def metric(app: ServingApp, name: str, **labels: str) -> float:
+    """A sample's current value in the app's registry (0 when it has not been observed)."""
+    value = app.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition` (bounded); for state that other tasks or threads settle."""
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(POLL_INTERVAL_S)

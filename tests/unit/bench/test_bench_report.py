@@ -1,0 +1,135 @@
+"""Issue 7's ratios, the one table and the generated docs section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.plan import BATCH_NAME, REFERENCE_UNARY, STREAM_NAME, V2_NAME
+from bench.report import (
+    DOCS_BEGIN,
+    DOCS_END,
+    compute_ratios,
+    plot_latency_throughput,
+    render_docs_section,
+    render_table,
+    workers_in,
+    write_docs,
+)
+
+from .test_bench_results import make_document
+
+
+def test_ratios_against_the_ceilings() -> None:
+    values = {ratio.name: ratio.value for ratio in compute_ratios(make_document())}
+    assert values == {
+        f"{REFERENCE_UNARY} / echo {REFERENCE_UNARY}": pytest.approx(1000 / 2000),
+        f"{REFERENCE_UNARY} p99 ms": pytest.approx(30.0),
+        f"stream / {REFERENCE_UNARY}": pytest.approx(4.0),
+        # 100 requests/s x 64 images against ORT's 64,000 images/s at batch 64.
+        f"{BATCH_NAME} images/s / ORT batch 64": pytest.approx(0.1),
+        "V2 / Classify at c=64": pytest.approx(0.95),
+    }
+
+
+def test_each_target_sits_on_its_scenario_row() -> None:
+    rows = {ratio.name: ratio.scenario for ratio in compute_ratios(make_document())}
+    assert sorted(set(rows.values())) == sorted({REFERENCE_UNARY, STREAM_NAME, BATCH_NAME, V2_NAME})
+
+
+def test_targets_met_and_missed() -> None:
+    met = {ratio.name: ratio.met for ratio in compute_ratios(make_document())}
+    assert met == {
+        f"{REFERENCE_UNARY} / echo {REFERENCE_UNARY}": False,  # 0.5 < 0.8
+        f"{REFERENCE_UNARY} p99 ms": False,  # 30 ms > 20 ms
+        f"stream / {REFERENCE_UNARY}": True,  # 4 >= 3
+        f"{BATCH_NAME} images/s / ORT batch 64": False,  # 0.1 < 0.7
+        "V2 / Classify at c=64": True,  # 0.95 >= 0.9
+    }
+
+
+def test_missing_scenario_gives_no_value() -> None:
+    document = make_document()
+    document["servers"][0]["scenarios"] = [
+        s for s in document["servers"][0]["scenarios"] if s["name"] != V2_NAME
+    ]
+    ratio = next(r for r in compute_ratios(document) if r.scenario == V2_NAME)
+    assert ratio.value is None
+    assert ratio.met is None
+    assert "n/a" in ratio.describe()
+
+
+def test_multi_worker_configuration_has_the_higher_target() -> None:
+    document = make_document()
+    document["servers"][0]["server_args"] = ["--workers", "2"]
+    ratio = next(r for r in compute_ratios(document) if "echo" in r.name)
+    assert ratio.target == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(
+    ("args", "workers"),
+    [([], 1), (["--workers", "2"], 2), (["--workers=4"], 4), (["--max-batch-size", "2"], 1)],
+)
+def test_workers_in(args: list[str], workers: int) -> None:
+    assert workers_in(args) == workers
+
+
+def test_one_table_holds_ceilings_scenarios_and_targets() -> None:
+    document = make_document()
+    table = render_table(document, compute_ratios(document))
+    lines = table.splitlines()
+    # Header + separator + 2 ORT rows + 1 echo row + 4 server rows.
+    assert len(lines) == 2 + 2 + 1 + 4
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    unary_row = next(line for line in lines if line.startswith(f"| default | {REFERENCE_UNARY}"))
+    assert "MISSED" in unary_row
+    assert "64 callers" in unary_row
+
+
+def test_docs_section_replaced_between_markers(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    document = make_document()
+    section = render_docs_section(document, "TABLE-1", "plot.png")
+    write_docs(docs, section)
+    first = docs.read_text()
+    assert first.startswith("# Benchmarks")
+    assert "TABLE-1" in first
+    assert "![latency against throughput](plot.png)" in first
+    assert "Test CPU" in first
+    assert "python -m bench.run --quick" in first
+    docs.write_text("# Mine\nnotes before\n" + first[first.index(DOCS_BEGIN) :] + "\nnotes after\n")
+    write_docs(docs, render_docs_section(document, "TABLE-2", None))
+    second = docs.read_text()
+    assert second.startswith("# Mine\nnotes before\n")
+    assert second.rstrip().endswith("notes after")
+    assert "TABLE-2" in second
+    assert "TABLE-1" not in second
+    assert second.count(DOCS_BEGIN) == second.count(DOCS_END) == 1
+
+
+def test_plot_needs_open_loop_points(tmp_path: Path) -> None:
+    document = make_document()
+    assert plot_latency_throughput(document, tmp_path / "none.png") is False
+    open_loop = dict(document["servers"][0]["scenarios"][0], name="open-loop 50%")
+    document["servers"][0]["scenarios"].append(open_loop)
+    path = tmp_path / "plot.png"
+    assert plot_latency_throughput(document, path) is True
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_ratio_when_both_precisions_were_measured() -> None:
+    document = make_document()
+    assert not [r for r in compute_ratios(document) if "INT8" in r.name]
+    fp32 = {"quantized": False, "images_per_s": {"1": 20000.0, "64": 50000.0}}
+    document["ort_ceiling"] = {
+        "quantized": True,
+        "images_per_s": {"1": 30000.0, "64": 120000.0},
+        "other_versions": [fp32],
+    }
+    (ratio,) = [r for r in compute_ratios(document) if "INT8" in r.name]
+    assert ratio.value == pytest.approx(120000.0 / 50000.0)
+    assert ratio.met is True
+    table = render_table(document, compute_ratios(document))
+    assert "| ceiling | ONNX Runtime in process (INT8) | batch 64 |" in table
+    assert "INT8 / FP32 images/s in process = 2.40" in table

