@@ -18,6 +18,7 @@ VERSION ?=
 HOST ?= 0.0.0.0
 PORT ?= 8001
 METRICS_PORT ?= 8002
+WORKERS ?= 1
 PYTEST_ARGS ?=
 
 # Debian packages the tests use: real Fashion-MNIST files and a real Prometheus.
@@ -72,7 +73,7 @@ model: $(VENV_STAMP) ## Train and export only if no model exists yet
 
 serve: model ## Serve the model on $(HOST):$(PORT) (metrics on $(METRICS_PORT)), training it first if needed
 	exec $(PY) -m mnist_serving_server --model-repository $(MODEL_REPOSITORY) --model-name $(MODEL_NAME) \
-	  --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
+	  --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) --workers $(WORKERS)
 
 lint: $(VENV_STAMP) ## ruff (lint + format check) and mypy
 	$(PY) -m ruff check .

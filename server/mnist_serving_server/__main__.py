@@ -7,11 +7,11 @@ start (one clear line on stderr, no traceback) or, with --workers N, when a work
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
+from mnist_serving_server import event_loop
 from mnist_serving_server.app import ServerStartError, serve
 from mnist_serving_server.config import PROG, ConfigError, load_config
 from mnist_serving_server.errors import ModelLoadError
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if config.workers > 1:
             return run_workers(config)
-        asyncio.run(serve(config))
+        event_loop.run(serve(config))
     except (ModelLoadError, ServerStartError, WorkersStartError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_START_FAILED

@@ -203,18 +203,18 @@ def build_auth_interceptor(
     """The interceptor for these settings, or None when no token is configured (auth off).
 
     `served_services`: every service on the port (health and reflection included); an
-    exempt name must be one of them, so a typo cannot leave a service open or closed by
-    surprise. Raises AuthConfigError.
+    exempt name must be one of them (checked with auth on or off), so a typo cannot leave a
+    service open or closed by surprise. Raises AuthConfigError.
     """
-    tokens = load_tokens(token_file, environ)
-    if not tokens:
-        return None
     unknown = sorted(set(exempt_services) - set(served_services))
     if unknown:
         raise AuthConfigError(
             f"--auth-exempt-services names services this server does not serve: "
             f"{', '.join(unknown)} (served: {', '.join(served_services)})"
         )
+    tokens = load_tokens(token_file, environ)
+    if not tokens:
+        return None
     protected = [name for name in served_services if name not in exempt_services]
     return BearerTokenInterceptor(
         tokens,

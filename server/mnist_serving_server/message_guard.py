@@ -106,7 +106,7 @@ def _guard_unary_request_stream_reply(behavior: Callable[..., Any]) -> Callable[
     return guarded
 
 
-def guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def guard_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """The same method, answering unparseable requests with INVALID_ARGUMENT."""
     if handler.request_deserializer is None:
         return handler
@@ -136,13 +136,13 @@ class _HandlerCollector:
 
     def __init__(self) -> None:
         self.service: str | None = None
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def add_generic_rpc_handlers(self, handlers: object) -> None:
         """Ignored: the same handlers arrive by name in add_registered_method_handlers."""
 
     def add_registered_method_handlers(
-        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         self.service = service
         self.handlers.update(handlers)

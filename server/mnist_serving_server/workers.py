@@ -29,7 +29,6 @@ NOT_SERVING during shutdown, which the parent starts for all of them at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -49,7 +48,9 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, multiprocess
 
+from mnist_serving_server import event_loop
 from mnist_serving_server.app import ServerStartError, serve, write_ready_file
+from mnist_serving_server.auth import AuthConfigError, load_tokens
 from mnist_serving_server.config import METRICS_OFF, ServerConfig
 from mnist_serving_server.errors import ModelLoadError
 from mnist_serving_server.logs import configure_logging, log_fields
@@ -123,7 +124,7 @@ def _worker_main(config: ServerConfig) -> None:
     """A worker process's body (module level: "spawn" pickles a reference to it)."""
     configure_logging(config.log_format, config.log_level)
     try:
-        asyncio.run(serve(config, reuse_port=True))
+        event_loop.run(serve(config, reuse_port=True))
     except (ModelLoadError, ServerStartError) as exc:
         logger.error("worker could not start: %s", exc)
         raise SystemExit(WORKER_EXIT_START_FAILED) from None
@@ -147,6 +148,11 @@ def run_workers(config: ServerConfig) -> int:
     Raises ServerStartError when the port cannot be reserved or /metrics cannot be served,
     WorkersStartError when a worker fails before it is ready.
     """
+    try:
+        # Fail once, here, rather than in every worker after it has loaded the model.
+        load_tokens(config.auth_token_file, os.environ)
+    except AuthConfigError as exc:
+        raise ServerStartError(str(exc)) from None
     stop = _StopFlag()
     previous = {signum: signal.signal(signum, stop.handler) for signum in STOP_SIGNALS}
     try:
@@ -252,9 +258,13 @@ def _supervise(
     """Until a stop signal (-> stop all, 0) or a worker's death (-> stop the rest, 1)."""
     sentinels = [worker.sentinel for worker in workers]
     while not stop.event.is_set():
-        if wait_for_sentinels(sentinels, timeout=SUPERVISE_POLL_S):
-            dead = [worker for worker in workers if worker.exitcode is not None]
+        ended = wait_for_sentinels(sentinels, timeout=SUPERVISE_POLL_S)
+        if ended:
+            # A sentinel is ready as the process closes its descriptors, a moment before
+            # its exit status exists: join to read it.
+            dead = [worker for worker in workers if worker.sentinel in ended]
             for worker in dead:
+                worker.join(KILL_WAIT_S)
                 logger.error(
                     "worker died; stopping all workers (NOT_SERVING) so the server restarts",
                     extra=log_fields(worker=worker.name, pid=worker.pid, code=worker.exitcode),

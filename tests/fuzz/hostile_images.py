@@ -41,8 +41,11 @@ def png_header(width: int, height: int) -> bytes:
 
 def png_declaring(width: int, height: int, idat: bytes) -> bytes:
     """A PNG whose header declares width x height, whatever `idat` really holds."""
-    return PNG_SIGNATURE + png_header(width, height) + png_chunk(b"IDAT", idat) + png_chunk(
-        b"IEND", b""
+    return (
+        PNG_SIGNATURE
+        + png_header(width, height)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
     )
 
 

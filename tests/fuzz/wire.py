@@ -45,8 +45,12 @@ class RawCaller:
 
     def __init__(self, channel: grpc.Channel) -> None:
         # No serializers: the bytes given are the bytes sent, the bytes received are returned.
-        self._unary = {method: channel.unary_unary(method) for method in UNARY_METHODS}
-        self._stream = {method: channel.stream_stream(method) for method in STREAM_METHODS}
+        self._unary: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {
+            method: channel.unary_unary(method) for method in UNARY_METHODS
+        }
+        self._stream: dict[str, grpc.StreamStreamMultiCallable[bytes, bytes]] = {
+            method: channel.stream_stream(method) for method in STREAM_METHODS
+        }
         self.cases: Counter[str] = Counter()
         self.codes: Counter[grpc.StatusCode] = Counter()
 

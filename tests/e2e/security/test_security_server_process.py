@@ -16,8 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 
+from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.auth import AUTH_TOKEN_ENV
 from tests.integration.client.certificates import CertificateFiles, make_certificates
 from tests.server_process import REPO_ROOT, ServerProcess, start_server_process
@@ -33,6 +36,8 @@ OTHER_LOOPBACK_ADDRESS = "127.0.0.2"
 SOCKET_TIMEOUT_S = 10
 # The SDK's variable for its token (never a flag value: `ps` would show it).
 CLIENT_TOKEN_ENV = "MNIST_SERVING_TOKEN"
+WORKERS = 2
+CALLS_PER_KIND = 6
 
 
 @dataclass(frozen=True)
@@ -195,18 +200,13 @@ def test_workers_inherit_the_auth_settings(model_repository: Path, tmp_path: Pat
             f"http://127.0.0.1:{port}/metrics", timeout=SOCKET_TIMEOUT_S
         ) as response:
             text = response.read().decode()
-        refused = f'mnist_serving_requests_total{{code="UNAUTHENTICATED",method="Classify"}}'
+        refused = 'mnist_serving_requests_total{code="UNAUTHENTICATED",method="Classify"}'
         assert f"{refused} {float(CALLS_PER_KIND)}" in text
         assert server.stop() == EXIT_OK
 
 
 def _classify_status(target: str, token: str | None) -> str:
     """One Classify on a new connection (so the kernel may pick either worker)."""
-    import grpc
-    import numpy as np
-
-    from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
-
     request = classifier_pb2.ClassifyRequest(
         images=[classifier_pb2.Image(pixels=np.zeros(28 * 28, dtype=np.uint8).tobytes())]
     )

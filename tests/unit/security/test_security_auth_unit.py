@@ -70,10 +70,21 @@ def test_no_token_means_no_interceptor() -> None:
         None,
         {},
         exempt_services=DEFAULT_AUTH_EXEMPT_SERVICES,
-        served_services=[CLASSIFIER, HEALTH],
+        served_services=[CLASSIFIER, *DEFAULT_AUTH_EXEMPT_SERVICES],
         metrics=ServerMetrics(CollectorRegistry()),
     )
     assert built is None
+
+
+def test_a_misspelt_exempt_service_is_an_error_even_with_auth_off() -> None:
+    with pytest.raises(AuthConfigError, match=r"does not serve: grpc\.health\.v1\.Helth"):
+        build_auth_interceptor(
+            None,
+            {},
+            exempt_services=("grpc.health.v1.Helth",),
+            served_services=[CLASSIFIER, HEALTH],
+            metrics=ServerMetrics(CollectorRegistry()),
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,213 @@
+"""`mnist-serving --workers 2` as a user runs it: one port, two processes, one /metrics.
+
+Checks that connections really land on both worker processes (their sockets in /proc),
+that every reply is right, that /metrics adds the workers up exactly, that health is one
+answer, and that SIGTERM (or a dead worker) ends every process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
+from tests.server_process import ServerProcess, start_server_process
+
+WORKERS = 2
+# Separate connections: the kernel spreads new connections over the workers by a hash,
+# so with this many the chance that all land on one of two workers is 2**-15.
+CONNECTIONS = 16
+REQUESTS_PER_CONNECTION = 3
+IMAGES_PER_REQUEST = 4
+RPC_TIMEOUT_S = 30
+METRICS_TIMEOUT_S = 10
+STOP_TIMEOUT_S = 60
+EXIT_WORKER_FAILED = 1
+START_TIMEOUT_S = 120
+TCP_ESTABLISHED = "01"
+HEALTH_NAMES = ("", "mnist_serving.v1.Classifier", "inference.GRPCInferenceService")
+PROCESS_GONE_TIMEOUT_S = 10.0
+POLL_S = 0.05
+
+
+@pytest.fixture
+def workers_server(model_repository: Path) -> Iterator[ServerProcess]:
+    with start_server_process(
+        model_repository,
+        "--workers",
+        str(WORKERS),
+        "--drain-delay-s",
+        "0",
+        timeout_s=START_TIMEOUT_S,
+    ) as server:
+        yield server
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's list), from /proc."""
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text()
+        children.update(int(child) for child in text.split())
+    return sorted(children)
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    """The server's worker processes (multiprocessing's resource tracker is not one)."""
+    workers = []
+    for child in child_pids(server.pid):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in cmdline:
+            workers.append(child)
+    return workers
+
+
+def established_server_sockets(port: int) -> set[int]:
+    """Socket inodes of established TCP connections whose local port is `port`."""
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == TCP_ESTABLISHED:
+                    inodes.add(int(fields[9]))
+    return inodes
+
+
+def socket_inodes_of(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(int(target[len("socket:[") : -1]))
+    return inodes
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def open_channels(target: str, count: int) -> list[grpc.Channel]:
+    # A local subchannel pool: otherwise channels in one process share one connection.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(target, options=options) for _ in range(count)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_S)
+    return channels
+
+
+def wait_gone(pids: list[int]) -> list[int]:
+    """The pids still alive after a bounded wait (zombies count as gone)."""
+    deadline = time.monotonic() + PROCESS_GONE_TIMEOUT_S
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        time.sleep(POLL_S)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def test_two_workers_share_the_port_and_answer_correctly(
+    workers_server: ServerProcess, model_dir: Path, sample_digits: tuple[Any, Any]
+) -> None:
+    workers = worker_pids(workers_server)
+    assert len(workers) == WORKERS, workers
+    images, _ = sample_digits
+    session = ort.InferenceSession(
+        str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    channels = open_channels(workers_server.target, CONNECTIONS)
+    try:
+        connections = established_server_sockets(workers_server.grpc_port)
+        per_worker = [len(socket_inodes_of(pid) & connections) for pid in workers]
+        assert sum(per_worker) == CONNECTIONS, per_worker
+        assert all(count > 0 for count in per_worker), per_worker
+
+        sent = 0
+        for index, channel in enumerate(channels):
+            stub = classifier_pb2_grpc.ClassifierStub(channel)
+            for round_ in range(REQUESTS_PER_CONNECTION):
+                start = (index * REQUESTS_PER_CONNECTION + round_) * IMAGES_PER_REQUEST
+                digits = images[start : start + IMAGES_PER_REQUEST]
+                (expected,) = session.run(["probabilities"], {"pixels": digits[:, None]})
+                reply = stub.Classify(
+                    classifier_pb2.ClassifyRequest(
+                        images=[classifier_pb2.Image(pixels=d.tobytes()) for d in digits]
+                    ),
+                    timeout=RPC_TIMEOUT_S,
+                )
+                served = np.array([list(p.probabilities) for p in reply.predictions])
+                assert [p.label for p in reply.predictions] == expected.argmax(axis=1).tolist()
+                np.testing.assert_allclose(served, expected, atol=1e-6)
+                sent += 1
+
+        for channel in channels:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in HEALTH_NAMES:
+                answer = health.Check(
+                    health_pb2.HealthCheckRequest(service=name), timeout=RPC_TIMEOUT_S
+                )
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
+    finally:
+        for channel in channels:
+            channel.close()
+
+    samples = scrape(workers_server)
+    ok = samples[("mnist_serving_requests_total", (("code", "OK"), ("method", "Classify")))]
+    assert ok == sent
+    assert samples[("mnist_serving_batch_size_sum", ())] == sent * IMAGES_PER_REQUEST
+    assert samples[("mnist_serving_inflight_requests", ())] == 0
+    model_info = [key for key in samples if key[0] == "mnist_serving_model_info"]
+    assert len(model_info) == 1, model_info
+    assert samples[model_info[0]] == 1
+
+
+def test_sigterm_stops_every_worker_and_exits_zero(workers_server: ServerProcess) -> None:
+    workers = worker_pids(workers_server)
+    assert len(workers) == WORKERS
+    assert workers_server.stop(signal.SIGTERM, timeout=STOP_TIMEOUT_S) == 0
+    assert wait_gone(workers) == []
+    assert "stop signal received" in workers_server.output()
+
+
+def test_a_dead_worker_stops_the_others_and_the_server_exits_one(
+    workers_server: ServerProcess,
+) -> None:
+    workers = worker_pids(workers_server)
+    assert len(workers) == WORKERS
+    os.kill(workers[0], signal.SIGKILL)  # a crash we cannot cause otherwise
+    workers_server.process.wait(timeout=STOP_TIMEOUT_S)
+    assert workers_server.process.returncode == EXIT_WORKER_FAILED
+    assert wait_gone(workers) == []
+    assert "worker died" in workers_server.output()

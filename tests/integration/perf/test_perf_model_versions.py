@@ -1,0 +1,139 @@
+"""Serving a chosen version (`--model-version`), and the INT8 model as version 2.
+
+The INT8 model is made here the way `--quantize int8` makes it (training's quantize_int8:
+static QDQ, conv1 and the first pool kept FP32, QDQPropagationTransformer disabled through
+the model's metadata), so the runtime is checked against the real artifact.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from grpc import aio
+
+from mnist_serving_proto import classifier_pb2_grpc
+from mnist_serving_server.app import ServingApp
+from mnist_serving_server.config import ConfigError, load_config
+from mnist_serving_server.errors import ModelLoadError
+from mnist_serving_server.runtime import DISABLED_OPTIMIZERS_KEY
+from mnist_serving_training.quantize import QuantizationSettings, quantize_int8
+from tests.integration.conftest import app_config
+from tests.integration.server.classify_support import ReferenceModel, raw_request
+
+FP32_VERSION = 1
+INT8_VERSION = 2
+MISSING_VERSION = 7
+CALIBRATION_IMAGES = 200
+# Training measured 99.9% agreement between INT8 and FP32 labels on these digits.
+MIN_LABEL_AGREEMENT = 0.98
+IMAGES_PER_REQUEST = 100
+RPC_TIMEOUT_S = 60
+StartVersionsApp = Callable[..., Awaitable[ServingApp]]
+
+
+@pytest.fixture(scope="module")
+def two_version_repository(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, sample_digits: tuple[Any, Any]
+) -> Path:
+    """`mnist/1` = the session's FP32 model, `mnist/2` = its INT8 quantization."""
+    repository = tmp_path_factory.mktemp("versions")
+    fp32_dir = repository / "mnist" / str(FP32_VERSION)
+    int8_dir = repository / "mnist" / str(INT8_VERSION)
+    fp32_dir.mkdir(parents=True)
+    int8_dir.mkdir()
+    shutil.copy(model_dir / "model.onnx", fp32_dir / "model.onnx")
+    images, _ = sample_digits
+    quantize_int8(
+        fp32_dir / "model.onnx",
+        int8_dir / "model.onnx",
+        images,
+        QuantizationSettings(calibration_images=CALIBRATION_IMAGES),
+    )
+    return repository
+
+
+@pytest.fixture
+async def start_versions_app(
+    two_version_repository: Path,
+) -> AsyncIterator[Callable[..., Awaitable[ServingApp]]]:
+    """Start servers on the two-version repository; each is stopped when the test ends."""
+    apps: list[ServingApp] = []
+
+    async def start(**overrides: Any) -> ServingApp:
+        app = ServingApp(app_config(two_version_repository, **overrides))
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in reversed(apps):
+        await app.stop(drain_delay_s=0)
+
+
+async def served_labels(target: str, digits: np.ndarray) -> tuple[list[int], set[str]]:
+    labels: list[int] = []
+    versions: set[str] = set()
+    async with aio.insecure_channel(target) as channel:
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        for start in range(0, len(digits), IMAGES_PER_REQUEST):
+            reply = await stub.Classify(
+                raw_request(digits[start : start + IMAGES_PER_REQUEST]), timeout=RPC_TIMEOUT_S
+            )
+            labels.extend(prediction.label for prediction in reply.predictions)
+            versions.add(reply.model_version)
+    return labels, versions
+
+
+async def test_the_highest_version_is_served_by_default_and_int8_agrees_with_fp32(
+    start_versions_app: StartVersionsApp,
+    two_version_repository: Path,
+    sample_digits: tuple[Any, Any],
+) -> None:
+    app = await start_versions_app()
+    info = app.inference.info
+    assert info.version == str(INT8_VERSION)
+    assert "QDQPropagationTransformer" in info.metadata[DISABLED_OPTIMIZERS_KEY]
+    images, _ = sample_digits
+    labels, versions = await served_labels(app.target, images)
+    assert versions == {str(INT8_VERSION)}
+    fp32 = ReferenceModel(two_version_repository / "mnist" / str(FP32_VERSION))
+    expected = fp32.probabilities(images).argmax(axis=1)
+    agreement = float(np.mean(np.array(labels) == expected))
+    assert agreement >= MIN_LABEL_AGREEMENT, agreement
+
+
+async def test_model_version_selects_an_older_version(
+    start_versions_app: StartVersionsApp,
+    two_version_repository: Path,
+    sample_digits: tuple[Any, Any],
+) -> None:
+    app = await start_versions_app(model_version=FP32_VERSION)
+    assert app.inference.info.version == str(FP32_VERSION)
+    images, _ = sample_digits
+    digits = images[:IMAGES_PER_REQUEST]
+    labels, versions = await served_labels(app.target, digits)
+    assert versions == {str(FP32_VERSION)}
+    fp32 = ReferenceModel(two_version_repository / "mnist" / str(FP32_VERSION))
+    assert labels == fp32.probabilities(digits).argmax(axis=1).tolist()
+
+
+async def test_a_missing_version_fails_the_start_naming_the_available_ones(
+    start_versions_app: StartVersionsApp,
+) -> None:
+    with pytest.raises(ModelLoadError, match=r"version 7 .*available versions: \[1, 2\]"):
+        await start_versions_app(model_version=MISSING_VERSION)
+
+
+def test_model_version_comes_from_the_flag_or_the_environment() -> None:
+    assert load_config([], {}).model_version is None
+    assert load_config(["--model-version", "2"], {}).model_version == INT8_VERSION
+    environ = {"MNIST_SERVING_MODEL_VERSION": "1"}
+    assert load_config([], environ).model_version == FP32_VERSION
+    assert load_config(["--model-version", "2"], environ).model_version == INT8_VERSION
+    with pytest.raises(ConfigError, match="--model-version"):
+        load_config(["--model-version", "-1"], {})
