@@ -7,10 +7,8 @@ expected; `grpc_errors` turns every exception into a status.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -23,14 +21,12 @@ from mnist_serving_server.grpc_errors import abort_with, status_code_number, sta
 from mnist_serving_server.images import decode_image
 from mnist_serving_server.inference import InferenceService
 from mnist_serving_server.metrics import ServerMetrics
+from mnist_serving_server.ordered_stream import replies_in_order
 
 IMAGE_SIDE = 28
 IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
 MODEL_IMAGE_SHAPE = (1, IMAGE_SIDE, IMAGE_SIDE)
 PROBABILITIES_OUTPUT = "probabilities"
-# Stream requests in flight at once per stream: enough to keep the batcher fed from one
-# stream, small enough that one client cannot queue unbounded work through a stream.
-STREAM_WINDOW = 64
 
 ServicerContext = aio.ServicerContext[
     classifier_pb2.ClassifyRequest, classifier_pb2.ClassifyResponse
@@ -133,40 +129,17 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         request_iterator: AsyncIterator[classifier_pb2.ClassifyRequest],
         context: ServicerContext,
     ) -> AsyncIterator[classifier_pb2.ClassifyResponse]:
-        """Requests are handled concurrently (up to STREAM_WINDOW); replies keep their order.
-
-        A reader task turns each request into a task and queues it; this generator awaits
-        the tasks in order. The bounded queue is the window: the reader stops reading (and
-        HTTP/2 flow control pushes back on the client) while STREAM_WINDOW are in flight.
-        """
+        """Requests are handled concurrently (up to STREAM_WINDOW); replies keep their order."""
         with self._metrics.track_request("ClassifyStream"):
             deadline = deadline_of(context)
-            pending: asyncio.Queue[asyncio.Task[classifier_pb2.ClassifyResponse] | None] = (
-                asyncio.Queue(maxsize=STREAM_WINDOW)
-            )
 
-            async def read_requests() -> None:
-                try:
-                    async for request in request_iterator:
-                        await pending.put(
-                            asyncio.create_task(self._classify_stream_item(request, deadline))
-                        )
-                finally:
-                    await pending.put(None)
+            def answer(
+                request: classifier_pb2.ClassifyRequest,
+            ) -> Awaitable[classifier_pb2.ClassifyResponse]:
+                return self._classify_stream_item(request, deadline)
 
-            reader = asyncio.create_task(read_requests())
-            try:
-                while (task := await pending.get()) is not None:
-                    yield await task
-                await reader  # a broken request stream ends the call with its error
-            finally:
-                reader.cancel()
-                while not pending.empty():
-                    leftover = pending.get_nowait()
-                    if leftover is not None:
-                        leftover.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+            async for reply in replies_in_order(request_iterator, answer):
+                yield reply
 
     async def _classify_stream_item(
         self, request: classifier_pb2.ClassifyRequest, deadline: float | None

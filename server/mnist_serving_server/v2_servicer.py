@@ -7,10 +7,8 @@ through `grpc_errors` (the one table), every RPC through `ServerMetrics.track_re
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from importlib import metadata
 from typing import Any, Final, TypeAlias
 
@@ -24,6 +22,7 @@ from mnist_serving_server.errors import ModelNotFoundError, ServingError
 from mnist_serving_server.grpc_errors import abort_with, status_for
 from mnist_serving_server.inference import InferenceService
 from mnist_serving_server.metrics import ServerMetrics
+from mnist_serving_server.ordered_stream import replies_in_order
 
 SERVICE_NAME: Final = "inference.GRPCInferenceService"
 SERVER_NAME: Final = "mnist-serving"
@@ -34,8 +33,6 @@ PLATFORM: Final = "onnxruntime_onnx"
 EXTENSIONS: Final[tuple[str, ...]] = ()
 """No optional V2/Triton extension (model repository, shared memory, statistics,
 classification, sequence, ...) is implemented, so none is advertised."""
-STREAM_WINDOW: Final = 64
-"""Stream requests in flight at once per ModelStreamInfer call (pipelining, bounded)."""
 
 _Context: TypeAlias = aio.ServicerContext[Any, Any]
 
@@ -141,43 +138,12 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         A failed request is answered with `error_message` (and its id) and the stream goes on.
         """
         with self._metrics.track_request("ModelStreamInfer"):
-            # Tasks in arrival order; None marks the end of the client's requests.
-            in_flight: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = (
-                asyncio.Queue(maxsize=STREAM_WINDOW)
-            )
-            reader = asyncio.create_task(self._read_stream(request_iterator, context, in_flight))
-            try:
-                while (task := await in_flight.get()) is not None:
-                    yield await task
-                await reader  # re-raise a failure to read the stream
-            finally:
-                reader.cancel()
-                while not in_flight.empty():
-                    leftover = in_flight.get_nowait()
-                    if leftover is not None:
-                        leftover.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
 
-    async def _read_stream(
-        self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
-        context: _Context,
-        in_flight: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None],
-    ) -> None:
-        try:
-            async for request in request_iterator:
-                task = asyncio.create_task(self._stream_one(request, context))
-                try:
-                    # Waits while STREAM_WINDOW requests are unanswered: back-pressure.
-                    await in_flight.put(task)
-                except asyncio.CancelledError:
-                    task.cancel()
-                    raise
-        finally:
-            # Never blocks for long: the consumer drains the queue until it sees None.
-            with contextlib.suppress(asyncio.CancelledError):
-                await in_flight.put(None)
+            def answer(request: pb.ModelInferRequest) -> Awaitable[pb.ModelStreamInferResponse]:
+                return self._stream_one(request, context)
+
+            async for reply in replies_in_order(request_iterator, answer):
+                yield reply
 
     async def _stream_one(
         self, request: pb.ModelInferRequest, context: _Context
