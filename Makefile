@@ -27,8 +27,6 @@ DEBIAN_PACKAGES ?= dataset-fashion-mnist prometheus
 VENV_STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when make runs as another user.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-PROTO_SOURCES := $(wildcard proto/*.proto)
-PYTHON_SOURCES := server training client bench tests
 
 # Helpers' fragments (deploy checks, benchmarks, ...) add targets and test steps here.
 EXTRA_TEST_TARGETS :=

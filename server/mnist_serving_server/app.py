@@ -88,7 +88,11 @@ class ServingApp:
     ) -> None:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = ServerMetrics(self.registry, max_batch_size=config.max_batch_size)
+        self.metrics = ServerMetrics(
+            self.registry,
+            max_batch_size=config.max_batch_size,
+            max_queue_size=config.max_queue_size,
+        )
         self.health = HealthReporter()
         self._warm_up_gate = warm_up_gate
         # True only in a --workers process: the port is shared with its siblings on purpose.

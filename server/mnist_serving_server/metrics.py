@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from mnist_serving_server.batcher import DEFAULT_MAX_QUEUE_SIZE
 from mnist_serving_server.errors import ServingError
 from mnist_serving_server.grpc_errors import status_for
 
@@ -44,8 +45,8 @@ LATENCY_BUCKETS_S = (
 )
 DEFAULT_MAX_BATCH_SIZE = 64
 # How gauges combine across --workers processes (prometheus_client multiprocess mode; ignored
-# in a single process): depths and in-flight counts add up over the workers alive, the
-# model info gauge is the same 1 in each.
+# in a single process): depths, capacities and in-flight counts add up over the workers
+# alive (each worker has a queue of its own), the model info gauge is the same 1 in each.
 GAUGE_SUM_OF_LIVE_WORKERS: Final = "livesum"
 GAUGE_SAME_IN_EVERY_WORKER: Final = "livemax"
 
@@ -135,7 +136,11 @@ class ServerMetrics:
     """All of the server's metrics; implements batcher.BatcherObserver."""
 
     def __init__(
-        self, registry: CollectorRegistry, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+        self,
+        registry: CollectorRegistry,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     ) -> None:
         self.registry = registry
         self.requests = Counter(
@@ -175,6 +180,15 @@ class ServerMetrics:
             registry=registry,
             multiprocess_mode=GAUGE_SUM_OF_LIVE_WORKERS,
         )
+        # Set once: alerts and dashboards divide queue_depth by it, so a changed
+        # MNIST_SERVING_MAX_QUEUE_SIZE needs no edit of the rules.
+        self.queue_capacity = Gauge(
+            f"{PREFIX}_queue_capacity",
+            "Images the batcher's queue holds before it sheds load (max queue size).",
+            registry=registry,
+            multiprocess_mode=GAUGE_SUM_OF_LIVE_WORKERS,
+        )
+        self.queue_capacity.set(max_queue_size)
         self.inflight_requests = Gauge(
             f"{PREFIX}_inflight_requests",
             "RPCs being handled right now.",

@@ -31,6 +31,8 @@ WORKERS = 2
 CONNECTIONS = 16
 REQUESTS_PER_CONNECTION = 3
 IMAGES_PER_REQUEST = 4
+# Not the default 4096: the capacity gauge must report the configured size, per worker.
+WORKER_QUEUE_SIZE = 1000
 RPC_TIMEOUT_S = 30
 METRICS_TIMEOUT_S = 10
 STOP_TIMEOUT_S = 60
@@ -50,6 +52,8 @@ def workers_server(model_repository: Path) -> Iterator[ServerProcess]:
         str(WORKERS),
         "--drain-delay-s",
         "0",
+        "--max-queue-size",
+        str(WORKER_QUEUE_SIZE),
         timeout_s=START_TIMEOUT_S,
     ) as server:
         yield server
@@ -188,6 +192,8 @@ def test_two_workers_share_the_port_and_answer_correctly(
     assert ok == sent
     assert samples[("mnist_serving_batch_size_sum", ())] == sent * IMAGES_PER_REQUEST
     assert samples[("mnist_serving_inflight_requests", ())] == 0
+    # Each worker has a queue of its own: the pod holds their sum (as queue_depth sums).
+    assert samples[("mnist_serving_queue_capacity", ())] == WORKERS * WORKER_QUEUE_SIZE
     model_info = [key for key in samples if key[0] == "mnist_serving_model_info"]
     assert len(model_info) == 1, model_info
     assert samples[model_info[0]] == 1

@@ -113,6 +113,7 @@ async def test_metrics_parse_and_request_counters_move_by_the_calls_made(
         "mnist_serving_batch_compute_seconds_bucket",
         "mnist_serving_batch_size_bucket",
         "mnist_serving_queue_depth",
+        "mnist_serving_queue_capacity",
         "mnist_serving_inflight_requests",
         "mnist_serving_rejections_total",
         "mnist_serving_model_info",
@@ -129,6 +130,7 @@ async def test_metrics_parse_and_request_counters_move_by_the_calls_made(
     assert dict(info_labels)["model"] == "mnist"
     assert dict(info_labels)["version"] == model_dir.name
     assert after[("mnist_serving_inflight_requests", ())] == 0
+    assert after[("mnist_serving_queue_capacity", ())] == server.config.max_queue_size
 
 
 async def test_reflection_lists_the_services(server: ServingApp, channel: aio.Channel) -> None:

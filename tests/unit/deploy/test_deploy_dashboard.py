@@ -14,7 +14,7 @@ from tests.unit.deploy.metric_contract import (
     selectors,
 )
 
-EXPECTED_METRIC_COUNT = 9
+EXPECTED_METRIC_COUNT = 10
 
 
 def test_contract_is_read_from_the_architecture_doc() -> None:
