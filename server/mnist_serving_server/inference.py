@@ -39,12 +39,12 @@ class InferenceService:
     def check_model(self, model_name: str, model_version: str) -> None:
         """Raise ModelNotFoundError unless the request names the served model ("" = default)."""
         info = self._runtime.info
-        available = f"available: {info.name} (versions {info.version})"
         if model_name not in (DEFAULT_SELECTOR, info.name):
-            raise ModelNotFoundError(f"model {model_name!r} is not served; {available}")
+            raise ModelNotFoundError(f"model {model_name!r} is not served; {_available(info)}")
         if model_version not in (DEFAULT_SELECTOR, info.version):
             raise ModelNotFoundError(
-                f"version {model_version!r} of model {info.name!r} is not served; {available}"
+                f"version {model_version!r} of model {info.name!r} is not served; "
+                f"{_available(info)}"
             )
 
     async def infer(self, pixels: np.ndarray, *, deadline: float | None) -> dict[str, np.ndarray]:
@@ -52,3 +52,8 @@ class InferenceService:
         if not self.ready:
             raise NotReadyError("the server is not ready: warming up or shutting down")
         return await self._batcher.submit(pixels, deadline=deadline)
+
+
+def _available(info: ModelInfo) -> str:
+    """Built only for an error message: check_model runs on every request."""
+    return f"available: {info.name} (versions {info.version})"
