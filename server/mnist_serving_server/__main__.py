@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from mnist_serving_server import event_loop
 from mnist_serving_server.app import ServerStartError, serve
 from mnist_serving_server.config import PROG, ConfigError, load_config
-from mnist_serving_server.errors import ModelLoadError
+from mnist_serving_server.core.errors import ModelLoadError
 from mnist_serving_server.logs import configure_logging
 from mnist_serving_server.workers import WorkersStartError, run_workers
 

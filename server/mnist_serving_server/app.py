@@ -25,24 +25,24 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from mnist_serving_proto import classifier_pb2_grpc, open_inference_pb2_grpc
-from mnist_serving_server.auth import AuthConfigError, build_auth_interceptor
-from mnist_serving_server.batcher import DynamicBatcher
-from mnist_serving_server.classifier_servicer import ClassifierServicer
+from mnist_serving_server.grpc_api.auth import AuthConfigError, build_auth_interceptor
+from mnist_serving_server.core.batcher import DynamicBatcher
+from mnist_serving_server.grpc_api.classifier_servicer import ClassifierServicer
 from mnist_serving_server.config import METRICS_OFF, ServerConfig
-from mnist_serving_server.health import (
+from mnist_serving_server.grpc_api.health import (
     CLASSIFIER_SERVICE,
     HEALTH_SERVICE,
     V2_SERVICE,
     HealthReporter,
     enable_reflection,
 )
-from mnist_serving_server.inference import InferenceService
+from mnist_serving_server.core.dataplane import InferenceService
 from mnist_serving_server.logs import log_fields
-from mnist_serving_server.message_guard import add_guarded_servicer
+from mnist_serving_server.grpc_api.message_guard import add_guarded_servicer
 from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_metrics_server
-from mnist_serving_server.repository import resolve_model
-from mnist_serving_server.runtime import ModelRuntime
-from mnist_serving_server.v2_servicer import InferenceV2Servicer
+from mnist_serving_server.core.repository import resolve_model
+from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.grpc_api.v2_servicer import InferenceV2Servicer
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any, Final, Protocol
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from mnist_serving_server.batcher import DEFAULT_MAX_QUEUE_SIZE
-from mnist_serving_server.errors import ServingError
-from mnist_serving_server.grpc_errors import status_for
+from mnist_serving_server.core.batcher import DEFAULT_MAX_QUEUE_SIZE
+from mnist_serving_server.core.errors import ServingError
+from mnist_serving_server.grpc_api.grpc_errors import status_for
 
 PREFIX = "mnist_serving"
 

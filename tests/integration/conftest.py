@@ -21,7 +21,7 @@ from grpc import aio
 from mnist_serving_proto import classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
 from mnist_serving_server.config import ServerConfig
-from mnist_serving_server.runtime import ModelRuntime
+from mnist_serving_server.core.runtime import ModelRuntime
 
 LOOPBACK = "127.0.0.1"
 TEST_GRACE_PERIOD_S = 10.0

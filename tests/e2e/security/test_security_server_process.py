@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
-from mnist_serving_server.auth import AUTH_TOKEN_ENV
+from mnist_serving_server.grpc_api.auth import AUTH_TOKEN_ENV
 from tests.integration.client.certificates import CertificateFiles, make_certificates
 from tests.server_process import REPO_ROOT, ServerProcess, start_server_process
 

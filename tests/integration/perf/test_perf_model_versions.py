@@ -19,8 +19,8 @@ from grpc import aio
 from mnist_serving_proto import classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
 from mnist_serving_server.config import ConfigError, load_config
-from mnist_serving_server.errors import ModelLoadError
-from mnist_serving_server.runtime import DISABLED_OPTIMIZERS_KEY
+from mnist_serving_server.core.errors import ModelLoadError
+from mnist_serving_server.core.runtime import DISABLED_OPTIMIZERS_KEY
 from mnist_serving_training.quantize import QuantizationSettings, quantize_int8
 from tests.integration.conftest import app_config
 from tests.integration.server.classify_support import ReferenceModel, raw_request

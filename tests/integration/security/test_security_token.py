@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mnist_serving_proto import classifier_pb2_grpc, open_inference_pb2, open_inference_pb2_grpc
 from mnist_serving_server.app import ServerStartError
-from mnist_serving_server.auth import AUTH_TOKEN_ENV, REASON_UNAUTHENTICATED
-from mnist_serving_server.health import CLASSIFIER_SERVICE
+from mnist_serving_server.grpc_api.auth import AUTH_TOKEN_ENV, REASON_UNAUTHENTICATED
+from mnist_serving_server.grpc_api.health import CLASSIFIER_SERVICE
 from tests.integration.conftest import StartApp
 from tests.integration.security.security_support import (
     ONE_DIGIT,

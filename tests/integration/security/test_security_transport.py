@@ -26,7 +26,7 @@ from mnist_serving_client import (
     UnavailableError,
 )
 from mnist_serving_server.app import ServingApp
-from mnist_serving_server.auth import REASON_UNAUTHENTICATED
+from mnist_serving_server.grpc_api.auth import REASON_UNAUTHENTICATED
 from tests.integration.conftest import StartApp
 from tests.integration.security.security_support import (
     RPC_TIMEOUT_S,

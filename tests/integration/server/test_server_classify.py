@@ -11,7 +11,7 @@ import pytest
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
-from mnist_serving_server.images import decode_image
+from mnist_serving_server.core.images import decode_image
 from tests.integration.conftest import StartApp
 from tests.integration.server.classify_support import (
     PARITY_ATOL,

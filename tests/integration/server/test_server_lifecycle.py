@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mnist_serving_proto import classifier_pb2_grpc
 from mnist_serving_server.app import ServerStartError, ServingApp
-from mnist_serving_server.health import SERVICE_NAMES
+from mnist_serving_server.grpc_api.health import SERVICE_NAMES
 from tests.integration.conftest import StartApp
 from tests.integration.server.classify_support import raw_request, wait_until
 from tests.server_process import ServerProcessError, start_server_process

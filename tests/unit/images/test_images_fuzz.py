@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnist_serving_server.errors import InvalidInputError
-from mnist_serving_server.images import MNIST_SIDE, decode_image
+from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.images import MNIST_SIDE, decode_image
 from tests.unit.images.encoded_images import encode
 
 FUZZ_EXAMPLES = 200

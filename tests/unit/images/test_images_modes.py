@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 from PIL import ExifTags, Image
 
-from mnist_serving_server.images import (
+from mnist_serving_server.core.images import (
     DIGIT_BOX_SIDE,
     MIN_INK_CONTRAST,
     MNIST_SIDE,

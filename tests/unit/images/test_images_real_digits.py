@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from mnist_serving_server.images import (
+from mnist_serving_server.core.images import (
     CENTRE_OF_MASS_INDEX,
     INK_THRESHOLD,
     MNIST_SIDE,

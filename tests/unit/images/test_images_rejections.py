@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from mnist_serving_server.errors import InvalidInputError
-from mnist_serving_server.images import DEFAULT_MAX_DECODED_PIXELS, decode_image
+from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS, decode_image
 from tests.unit.images.encoded_images import encode, jpeg_declaring, png, png_declaring
 
 # Far beyond anything: 10^10 pixels, 10 GB of grey if a decoder believed the header.

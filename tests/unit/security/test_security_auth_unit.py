@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnist_serving_proto import classifier_pb2
-from mnist_serving_server.auth import (
+from mnist_serving_server.grpc_api.auth import (
     AUTH_TOKEN_ENV,
     MIN_TOKEN_LENGTH,
     AuthConfigError,

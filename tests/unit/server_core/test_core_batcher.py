@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnist_serving_server import batcher as batcher_module
-from mnist_serving_server.batcher import DynamicBatcher
-from mnist_serving_server.errors import (
+from mnist_serving_server.core import batcher as batcher_module
+from mnist_serving_server.core.batcher import DynamicBatcher
+from mnist_serving_server.core.errors import (
     DeadlineExceededError,
     InvalidInputError,
     NotReadyError,

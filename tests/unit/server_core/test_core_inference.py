@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_serving_server.batcher import DynamicBatcher
-from mnist_serving_server.errors import ModelNotFoundError, NotReadyError
-from mnist_serving_server.inference import InferenceService
-from mnist_serving_server.runtime import ModelRuntime
+from mnist_serving_server.core.batcher import DynamicBatcher
+from mnist_serving_server.core.errors import ModelNotFoundError, NotReadyError
+from mnist_serving_server.core.dataplane import InferenceService
+from mnist_serving_server.core.runtime import ModelRuntime
 
 MAX_BATCH_SIZE = 16
 # Batched and single-image runs of the same digit agree to float32 rounding.

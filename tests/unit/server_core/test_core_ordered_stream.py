@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mnist_serving_server.ordered_stream import replies_in_order
+from mnist_serving_server.grpc_api.ordered_stream import replies_in_order
 
 WINDOW = 4
 REQUESTS = 20

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_serving_server.errors import ModelLoadError
-from mnist_serving_server.repository import list_versions, resolve_model
+from mnist_serving_server.core.errors import ModelLoadError
+from mnist_serving_server.core.repository import list_versions, resolve_model
 
 
 def make_version(repository: Path, model: str, folder: str, *, with_model: bool = True) -> Path:

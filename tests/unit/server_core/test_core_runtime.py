@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mnist_serving_server.errors import ModelLoadError
-from mnist_serving_server.runtime import ModelRuntime
+from mnist_serving_server.core.errors import ModelLoadError
+from mnist_serving_server.core.runtime import ModelRuntime
 
 PROBABILITY_SUM_TOLERANCE = 1e-5
 ODD_BATCH = 37

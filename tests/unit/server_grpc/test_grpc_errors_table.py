@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from mnist_serving_server import errors
-from mnist_serving_server.grpc_errors import INTERNAL_MESSAGE, status_code_number, status_for
+from mnist_serving_server.core import errors
+from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE, status_code_number, status_for
 
 
 @pytest.mark.parametrize(

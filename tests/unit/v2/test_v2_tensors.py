@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mnist_serving_proto import open_inference_pb2 as pb
-from mnist_serving_server.errors import InvalidInputError
-from mnist_serving_server.v2_tensors import (
+from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.grpc_api.v2_tensors import (
     EXPECTED_INPUT,
     decode_input,
     encode_outputs,

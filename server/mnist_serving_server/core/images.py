@@ -13,7 +13,7 @@ Two parts:
 
 It runs on the request path, so it works on uint8 arrays with lookup tables and lets
 libjpeg decode large JPEGs at a reduced scale. It never imports grpc: errors are
-:class:`~mnist_serving_server.errors.InvalidInputError` with a message for the caller.
+:class:`~mnist_serving_server.core.errors.InvalidInputError` with a message for the caller.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from mnist_serving_server.errors import InvalidInputError
+from mnist_serving_server.core.errors import InvalidInputError
 
 __all__ = [
     "ACCEPTED_FORMATS",

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mnist_serving_proto import open_inference_pb2 as pb
-from mnist_serving_server.errors import InvalidInputError
+from mnist_serving_server.core.errors import InvalidInputError
 
 IMAGE_SIDE: Final = 28
 PIXELS_PER_IMAGE: Final = IMAGE_SIDE * IMAGE_SIDE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_serving_server.errors import ModelLoadError
+from mnist_serving_server.core.errors import ModelLoadError
 
 MODEL_FILE_NAME = "model.onnx"
 

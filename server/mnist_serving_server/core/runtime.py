@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from mnist_serving_server.errors import ModelLoadError
+from mnist_serving_server.core.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

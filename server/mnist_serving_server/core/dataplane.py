@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnist_serving_server.batcher import DynamicBatcher
-from mnist_serving_server.errors import ModelNotFoundError, NotReadyError
-from mnist_serving_server.runtime import ModelInfo, ModelRuntime
+from mnist_serving_server.core.batcher import DynamicBatcher
+from mnist_serving_server.core.errors import ModelNotFoundError, NotReadyError
+from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
 
 # An empty model name or version in a request means "the default model, latest version".
 DEFAULT_SELECTOR = ""

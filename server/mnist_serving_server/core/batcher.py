@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mnist_serving_server.errors import (
+from mnist_serving_server.core.errors import (
     DeadlineExceededError,
     InvalidInputError,
     NotReadyError,

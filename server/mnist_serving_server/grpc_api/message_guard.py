@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from mnist_serving_server.errors import InvalidInputError
+from mnist_serving_server.core.errors import InvalidInputError
 
 Deserializer = Callable[[bytes], Any]
 AddServicer = Callable[[Any, Any], None]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from grpc import aio
 
-from mnist_serving_server.errors import (
+from mnist_serving_server.core.errors import (
     DeadlineExceededError,
     InvalidInputError,
     ModelNotFoundError,

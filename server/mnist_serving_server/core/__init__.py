@@ -1,0 +1,1 @@
+"""The core: registry, batcher, runtime, dataplane, images. Never imports a transport (grpc, HTTP)."""

@@ -1,0 +1,1 @@
+"""The gRPC API: servicers, wire <-> numpy, the error table, the guard, auth and health."""
