@@ -25,10 +25,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from mnist_serving_proto import classifier_pb2_grpc, open_inference_pb2_grpc
-from mnist_serving_server.grpc_api.auth import AuthConfigError, build_auth_interceptor
-from mnist_serving_server.core.batcher import DynamicBatcher
-from mnist_serving_server.grpc_api.classifier_servicer import ClassifierServicer
 from mnist_serving_server.config import METRICS_OFF, ServerConfig
+from mnist_serving_server.core.batcher import DynamicBatcher
+from mnist_serving_server.core.dataplane import InferenceService
+from mnist_serving_server.core.repository import resolve_model
+from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.grpc_api.auth import AuthConfigError, build_auth_interceptor
+from mnist_serving_server.grpc_api.classifier_servicer import ClassifierServicer
 from mnist_serving_server.grpc_api.health import (
     CLASSIFIER_SERVICE,
     HEALTH_SERVICE,
@@ -36,13 +39,10 @@ from mnist_serving_server.grpc_api.health import (
     HealthReporter,
     enable_reflection,
 )
-from mnist_serving_server.core.dataplane import InferenceService
-from mnist_serving_server.logs import log_fields
 from mnist_serving_server.grpc_api.message_guard import add_guarded_servicer
-from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_metrics_server
-from mnist_serving_server.core.repository import resolve_model
-from mnist_serving_server.core.runtime import ModelRuntime
 from mnist_serving_server.grpc_api.v2_servicer import InferenceV2Servicer
+from mnist_serving_server.logs import log_fields
+from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_metrics_server
 
 logger = logging.getLogger(__name__)
 

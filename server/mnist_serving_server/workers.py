@@ -50,12 +50,12 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from mnist_serving_server import event_loop
 from mnist_serving_server.app import ServerStartError, serve, write_ready_file
-from mnist_serving_server.grpc_api.auth import AuthConfigError, load_tokens
 from mnist_serving_server.config import METRICS_OFF, ServerConfig
 from mnist_serving_server.core.errors import ModelLoadError
+from mnist_serving_server.core.runtime import default_intra_op_threads
+from mnist_serving_server.grpc_api.auth import AuthConfigError, load_tokens
 from mnist_serving_server.logs import configure_logging, log_fields
 from mnist_serving_server.metrics import MetricsServer, start_metrics_server
-from mnist_serving_server.core.runtime import default_intra_op_threads
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from grpc import aio
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.config import ServerConfig
-from mnist_serving_server.core.errors import InvalidInputError
-from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_code_number, status_for
-from mnist_serving_server.core.images import decode_image
 from mnist_serving_server.core.dataplane import InferenceService
-from mnist_serving_server.metrics import ServerMetrics
+from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.images import decode_image
+from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_code_number, status_for
 from mnist_serving_server.grpc_api.ordered_stream import replies_in_order
+from mnist_serving_server.metrics import ServerMetrics
 
 IMAGE_SIDE = 28
 IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE

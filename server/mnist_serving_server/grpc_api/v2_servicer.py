@@ -16,13 +16,13 @@ from grpc import aio
 
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
-from mnist_serving_server.grpc_api import v2_tensors
 from mnist_serving_server.config import ServerConfig
-from mnist_serving_server.core.errors import ModelNotFoundError, ServingError
-from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_for
 from mnist_serving_server.core.dataplane import InferenceService
-from mnist_serving_server.metrics import ServerMetrics
+from mnist_serving_server.core.errors import ModelNotFoundError, ServingError
+from mnist_serving_server.grpc_api import v2_tensors
+from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_for
 from mnist_serving_server.grpc_api.ordered_stream import replies_in_order
+from mnist_serving_server.metrics import ServerMetrics
 
 SERVICE_NAME: Final = "inference.GRPCInferenceService"
 SERVER_NAME: Final = "mnist-serving"

@@ -19,8 +19,8 @@ from grpc import aio
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
-from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from tests.integration.conftest import RuntimeGate, StartApp
 from tests.integration.server.classify_support import metric, raw_request, wait_until
 from tests.integration.v2.v2_helpers import raw_infer_request

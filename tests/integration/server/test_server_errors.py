@@ -13,8 +13,8 @@ from grpc import aio
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
-from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from tests.integration.conftest import RuntimeGate, StartApp
 from tests.integration.server.classify_support import metric, raw_request, wait_until
 

@@ -9,6 +9,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mnist_serving_proto import classifier_pb2
+from mnist_serving_server.config import (
+    DEFAULT_AUTH_EXEMPT_SERVICES,
+    ConfigError,
+    ServerConfig,
+    load_config,
+)
 from mnist_serving_server.grpc_api.auth import (
     AUTH_TOKEN_ENV,
     MIN_TOKEN_LENGTH,
@@ -17,12 +23,6 @@ from mnist_serving_server.grpc_api.auth import (
     build_auth_interceptor,
     load_tokens,
     rpc_method_names,
-)
-from mnist_serving_server.config import (
-    DEFAULT_AUTH_EXEMPT_SERVICES,
-    ConfigError,
-    ServerConfig,
-    load_config,
 )
 from mnist_serving_server.metrics import ServerMetrics
 

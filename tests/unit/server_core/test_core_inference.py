@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mnist_serving_server.core.batcher import DynamicBatcher
-from mnist_serving_server.core.errors import ModelNotFoundError, NotReadyError
 from mnist_serving_server.core.dataplane import InferenceService
+from mnist_serving_server.core.errors import ModelNotFoundError, NotReadyError
 from mnist_serving_server.core.runtime import ModelRuntime
 
 MAX_BATCH_SIZE = 16

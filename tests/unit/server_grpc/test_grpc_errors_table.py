@@ -6,7 +6,11 @@ import grpc
 import pytest
 
 from mnist_serving_server.core import errors
-from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE, status_code_number, status_for
+from mnist_serving_server.grpc_api.grpc_errors import (
+    INTERNAL_MESSAGE,
+    status_code_number,
+    status_for,
+)
 
 
 @pytest.mark.parametrize(
