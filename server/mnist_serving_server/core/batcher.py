@@ -134,6 +134,8 @@ class DynamicBatcher:
         self._wake_at_images = 1
         # The batch being computed, so that a dying loop can fail its callers too.
         self._in_flight: list[_Slice] = []
+        # drain() callers, settled when the loop next finds nothing queued or computing.
+        self._drain_waiters: list[asyncio.Future[None]] = []
 
     @property
     def queue_depth(self) -> int:
@@ -183,8 +185,32 @@ class DynamicBatcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._fail_pending(NotReadyError("server is shutting down; retry on another replica"))
+        self._notify_drained()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or being computed; False if `timeout_s` passed first.
+
+        For retiring a batcher that no new request can reach any more (the registry has
+        swapped it out): what was accepted still finishes.
+        """
+        if not self._running or (not self._queue and not self._in_flight):
+            return True
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _notify_drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def submit(
         self, pixels: np.ndarray, *, deadline: float | None = None
@@ -204,14 +230,15 @@ class DynamicBatcher:
         if deadline is not None and deadline <= now:
             self._reject(REASON_DEADLINE)
             raise DeadlineExceededError("deadline exceeded before the request was queued")
+        if rows > self._max_queue_size:
+            # Permanent, not load: retrying can never succeed, so not RESOURCE_EXHAUSTED.
+            raise InvalidInputError(
+                f"request of {rows} images is larger than the queue limit "
+                f"{self._max_queue_size} (max_queue_size); send smaller requests"
+            )
         queued = self._queued_images
         if queued + rows > self._max_queue_size:
             self._reject(REASON_QUEUE_FULL)
-            if rows > self._max_queue_size:
-                raise QueueFullError(
-                    f"request of {rows} images is larger than the queue limit "
-                    f"{self._max_queue_size}; send smaller requests"
-                )
             raise QueueFullError(
                 f"queue full: {queued} images queued, limit {self._max_queue_size}; "
                 "retry with backoff"
@@ -257,6 +284,8 @@ class DynamicBatcher:
         try:
             while not self._stopping:
                 if not self._queue:
+                    if self._drain_waiters:
+                        self._notify_drained()
                     await self._wait_for_images(1, None)
                     continue
                 if self._max_queue_delay_s > 0 and self._queued_images < self._max_batch_size:
@@ -283,6 +312,7 @@ class DynamicBatcher:
         self._fail_pending(
             NotReadyError("batch loop stopped unexpectedly; the server is not serving")
         )
+        self._notify_drained()
         if self._on_failure is not None:
             try:
                 self._on_failure(exc)

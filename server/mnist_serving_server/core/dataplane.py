@@ -1,59 +1,128 @@
-"""What both servicers (Classify and KServe V2) call: readiness, model check, inference."""
+"""What every transport calls: model lookup, readiness, inference, the repository API.
+
+A transport converts wire <-> numpy and hands off here; nothing here knows a wire format.
+Per request this costs one registry lookup (two dict reads), the batcher's submit and two
+additions to the version's statistics.
+"""
 
 from __future__ import annotations
 
+import time
+from enum import StrEnum
+
 import numpy as np
 
-from mnist_serving_server.core.batcher import DynamicBatcher
-from mnist_serving_server.core.errors import ModelNotFoundError, NotReadyError
-from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
+from mnist_serving_server.core.errors import (
+    FailedPreconditionError,
+    ModelNotFoundError,
+    NotReadyError,
+)
+from mnist_serving_server.core.model_config import ModelConfig
+from mnist_serving_server.core.registry import (
+    ClassifierContract,
+    IndexEntry,
+    ModelRegistry,
+    ServedVersion,
+)
 
-# An empty model name or version in a request means "the default model, latest version".
-DEFAULT_SELECTOR = ""
+
+class ModelControlMode(StrEnum):
+    """How the repository may change while serving (Triton's names)."""
+
+    NONE = "none"
+    """Fixed at start: the repository API refuses changes."""
+    EXPLICIT = "explicit"
+    """Every model loaded at start; the repository API loads and unloads."""
+    POLL = "poll"
+    """The folder is re-read periodically; the repository API refuses changes."""
 
 
-class InferenceService:
-    """The served model behind one batcher, shared by every servicer."""
+class DataPlane:
+    """The served repository behind every API (Classify, KServe V2 over gRPC and HTTP)."""
 
-    def __init__(self, runtime: ModelRuntime, batcher: DynamicBatcher) -> None:
-        self._runtime = runtime
-        self._batcher = batcher
+    def __init__(self, registry: ModelRegistry, *, control_mode: ModelControlMode) -> None:
+        self.registry = registry
+        self.control_mode = control_mode
         self._ready = False
 
-    @property
-    def info(self) -> ModelInfo:
-        return self._runtime.info
-
-    @property
-    def batcher(self) -> DynamicBatcher:
-        return self._batcher
+    # --- readiness -------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        """Warm and accepting work: set_ready(True) was called and the batch loop is alive."""
-        return self._ready and self._batcher.running
+        """Warm and accepting work: set_ready(True) was called and some model is serving."""
+        return self._ready and self.registry.any_ready
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
 
-    def check_model(self, model_name: str, model_version: str) -> None:
-        """Raise ModelNotFoundError unless the request names the served model ("" = default)."""
-        info = self._runtime.info
-        if model_name not in (DEFAULT_SELECTOR, info.name):
-            raise ModelNotFoundError(f"model {model_name!r} is not served; {_available(info)}")
-        if model_version not in (DEFAULT_SELECTOR, info.version):
-            raise ModelNotFoundError(
-                f"version {model_version!r} of model {info.name!r} is not served; "
-                f"{_available(info)}"
-            )
+    def model_ready(self, name: str, version: str) -> bool:
+        """As Triton answers ModelReady: a model that is not served is simply not ready."""
+        if not self._ready:
+            return False
+        try:
+            return self.registry.resolve(name, version).ready
+        except ModelNotFoundError:
+            return False
 
-    async def infer(self, pixels: np.ndarray, *, deadline: float | None) -> dict[str, np.ndarray]:
-        """All model outputs for `pixels` (uint8 [n,1,28,28]); `deadline` is time.monotonic()."""
-        if not self.ready:
+    # --- lookup and inference ----------------------------------------------------------------
+
+    def model(self, name: str, version: str) -> ServedVersion:
+        """The served version a request names; ModelNotFoundError names what is served."""
+        return self.registry.resolve(name, version)
+
+    def classifier(self, name: str, version: str) -> tuple[ServedVersion, ClassifierContract]:
+        """The version and its image contract, or FailedPreconditionError for other models."""
+        served = self.registry.resolve(name, version)
+        contract = served.classifier
+        if contract is None:
+            raise FailedPreconditionError(served.classifier_problem)
+        return served, contract
+
+    async def infer(
+        self, served: ServedVersion, inputs: np.ndarray, *, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        """Every output of `served` for `inputs` ([n, ...]); `deadline` is time.monotonic().
+
+        Call it right after `model()` / `classifier()`, with no await in between (the
+        registry's swap relies on it; see registry.py).
+        """
+        if not self._ready:
             raise NotReadyError("the server is not ready: warming up or shutting down")
-        return await self._batcher.submit(pixels, deadline=deadline)
+        statistics = served.statistics
+        started = time.perf_counter()
+        try:
+            outputs = await served.batcher.submit(inputs, deadline=deadline)
+        except BaseException:
+            statistics.fail.add(time.perf_counter() - started)
+            raise
+        statistics.success.add(time.perf_counter() - started)
+        return outputs
 
+    # --- the repository extension ----------------------------------------------------------
 
-def _available(info: ModelInfo) -> str:
-    """Built only for an error message: check_model runs on every request."""
-    return f"available: {info.name} (versions {info.version})"
+    def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
+        return self.registry.index(ready_only=ready_only)
+
+    async def load(self, name: str) -> None:
+        self._check_changes_allowed("load")
+        await self.registry.load(name)
+
+    async def unload(self, name: str) -> None:
+        self._check_changes_allowed("unload")
+        await self.registry.unload(name)
+
+    def model_config(self, name: str) -> tuple[ModelConfig, ServedVersion]:
+        """The model's effective config and its latest served version (for the graph's part)."""
+        config = self.registry.model_config(name)
+        return config, self.registry.resolve(name, "")
+
+    def statistics(self, name: str, version: str) -> list[ServedVersion]:
+        return self.registry.served_versions(name, version)
+
+    def _check_changes_allowed(self, action: str) -> None:
+        if self.control_mode is not ModelControlMode.EXPLICIT:
+            raise FailedPreconditionError(
+                f"cannot {action} models: the server runs with --model-control-mode "
+                f"{self.control_mode.value}; restart it with --model-control-mode explicit "
+                "to change models through the repository API"
+            )

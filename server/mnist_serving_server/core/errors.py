@@ -17,7 +17,13 @@ class InvalidInputError(ServingError):
 
 
 class ModelNotFoundError(ServingError):
-    """The request named a model or version this server does not serve."""
+    """The request named a model or version this server does not serve (or has unloaded)."""
+
+
+class FailedPreconditionError(ServingError):
+    """Well-formed, but refused in the server's current state: a model that does not fit
+    the API called (Classify on a non-classifier), a repository change while the model
+    control mode forbids it, or a load whose model files cannot be served."""
 
 
 class QueueFullError(ServingError):

@@ -1,0 +1,191 @@
+"""Per-model configuration: Triton's `config.pbtxt` (a subset of its ModelConfig) over the
+server's flags, with the ONNX graph filling in what neither says (Triton's auto-complete).
+
+`config.pbtxt` is optional. What it may set: `name` (must match the folder), `platform` /
+`backend` (ONNX Runtime only), `max_batch_size`, `input` / `output` (checked against the
+graph at load), `version_policy` (latest N, all, specific) and
+`dynamic_batching { max_queue_delay_microseconds }`. Absent, a model gets the server's
+flags and the default policy, the latest version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from google.protobuf import text_format
+
+from mnist_serving_proto import model_config_pb2
+from mnist_serving_server.core.errors import ModelLoadError
+
+CONFIG_FILE_NAME: Final = "config.pbtxt"
+PLATFORM: Final = "onnxruntime_onnx"
+"""Triton's platform name for ONNX models run by ONNX Runtime."""
+BACKEND: Final = "onnxruntime"
+DEFAULT_LATEST_VERSIONS: Final = 1
+"""Triton's default version policy: serve the latest version only."""
+MICROSECONDS_PER_SECOND: Final = 1_000_000
+# Triton's data type enum names are "TYPE_" + the V2 datatype, except strings.
+_TYPE_PREFIX: Final = "TYPE_"
+_TRITON_STRING: Final = "TYPE_STRING"
+_V2_BYTES: Final = "BYTES"
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which version folders of a model are served."""
+
+    latest: int | None = DEFAULT_LATEST_VERSIONS
+    """Serve the `latest` highest versions; None with `specific` None means all."""
+    specific: tuple[int, ...] | None = None
+    """Serve exactly these versions (those that exist)."""
+
+    def select(self, available: Sequence[int]) -> tuple[int, ...]:
+        """The versions to serve out of `available`, ascending."""
+        ordered = sorted(available)
+        if self.specific is not None:
+            return tuple(v for v in ordered if v in self.specific)
+        if self.latest is not None:
+            return tuple(ordered[-self.latest :])
+        return tuple(ordered)
+
+    def describe(self) -> str:
+        if self.specific is not None:
+            return f"specific {list(self.specific)}"
+        if self.latest is not None:
+            return f"latest {self.latest}"
+        return "all"
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    """An input or output as config.pbtxt declares it (dims exclude the batch dimension)."""
+
+    name: str
+    datatype: str
+    """KServe V2 name: UINT8, FP32, BYTES, ..."""
+    dims: tuple[int, ...]
+    """-1 for a variable dimension."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The effective configuration of one model (every version of it)."""
+
+    name: str
+    max_batch_size: int
+    max_queue_delay_s: float
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    inputs: tuple[TensorConfig, ...] | None = None
+    """Declared in config.pbtxt (checked against the graph), None = taken from the graph."""
+    outputs: tuple[TensorConfig, ...] | None = None
+    from_file: bool = False
+    """A config.pbtxt exists (else everything is the server's defaults and the graph)."""
+
+
+def triton_type_name(datatype: str) -> str:
+    """V2 datatype -> Triton's DataType enum name ("FP32" -> "TYPE_FP32", "BYTES" -> "TYPE_STRING")."""
+    return _TRITON_STRING if datatype == _V2_BYTES else _TYPE_PREFIX + datatype
+
+
+def v2_type_name(triton_name: str) -> str:
+    """Triton's DataType enum name -> V2 datatype (the inverse of triton_type_name)."""
+    if triton_name == _TRITON_STRING:
+        return _V2_BYTES
+    return triton_name.removeprefix(_TYPE_PREFIX)
+
+
+def read_model_config(
+    model_dir: Path, *, default_max_batch_size: int, default_max_queue_delay_s: float
+) -> ModelConfig:
+    """The model's configuration; ModelLoadError saying what to fix when config.pbtxt is wrong."""
+    name = model_dir.name
+    path = model_dir / CONFIG_FILE_NAME
+    defaults = ModelConfig(
+        name=name,
+        max_batch_size=default_max_batch_size,
+        max_queue_delay_s=default_max_queue_delay_s,
+    )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return defaults
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    message = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ModelLoadError(
+            f"{path}: not a valid Triton model configuration (this server reads name, "
+            f"platform, backend, max_batch_size, input, output, version_policy and "
+            f"dynamic_batching): {exc}"
+        ) from None
+    return _from_message(message, path, defaults)
+
+
+def _from_message(
+    message: model_config_pb2.ModelConfig, path: Path, defaults: ModelConfig
+) -> ModelConfig:
+    if message.name and message.name != defaults.name:
+        raise ModelLoadError(
+            f"{path}: name {message.name!r} does not match its folder {defaults.name!r}"
+        )
+    if message.platform and message.platform != PLATFORM:
+        raise ModelLoadError(
+            f"{path}: platform {message.platform!r} is not served; this server runs "
+            f"ONNX models ({PLATFORM!r})"
+        )
+    if message.backend and message.backend != BACKEND:
+        raise ModelLoadError(
+            f"{path}: backend {message.backend!r} is not served; this server runs {BACKEND!r}"
+        )
+    if message.max_batch_size < 0:
+        raise ModelLoadError(f"{path}: max_batch_size must be >= 1, got {message.max_batch_size}")
+    delay_s = defaults.max_queue_delay_s
+    if message.HasField("dynamic_batching"):
+        delay_s = message.dynamic_batching.max_queue_delay_microseconds / MICROSECONDS_PER_SECOND
+    return ModelConfig(
+        name=defaults.name,
+        # 0 (unset in proto3) keeps the server's --max-batch-size.
+        max_batch_size=message.max_batch_size or defaults.max_batch_size,
+        max_queue_delay_s=delay_s,
+        version_policy=_version_policy(message, path),
+        inputs=_tensors(message.input) if len(message.input) else None,
+        outputs=_tensors(message.output) if len(message.output) else None,
+        from_file=True,
+    )
+
+
+def _version_policy(message: model_config_pb2.ModelConfig, path: Path) -> VersionPolicy:
+    if not message.HasField("version_policy"):
+        return VersionPolicy()
+    policy = message.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "latest":
+        if policy.latest.num_versions < 1:
+            raise ModelLoadError(
+                f"{path}: version_policy latest num_versions must be >= 1, "
+                f"got {policy.latest.num_versions}"
+            )
+        return VersionPolicy(latest=policy.latest.num_versions)
+    if kind == "specific":
+        if not policy.specific.versions:
+            raise ModelLoadError(f"{path}: version_policy specific lists no versions")
+        return VersionPolicy(latest=None, specific=tuple(int(v) for v in policy.specific.versions))
+    return VersionPolicy(latest=None)  # "all" (an empty choice also means all in Triton)
+
+
+def _tensors(
+    declared: Sequence[model_config_pb2.ModelInput] | Sequence[model_config_pb2.ModelOutput],
+) -> tuple[TensorConfig, ...]:
+    return tuple(
+        TensorConfig(
+            name=tensor.name,
+            datatype=v2_type_name(model_config_pb2.DataType.Name(tensor.data_type)),
+            dims=tuple(int(d) for d in tensor.dims),
+        )
+        for tensor in declared
+    )
