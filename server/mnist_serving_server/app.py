@@ -1,10 +1,12 @@
 """The server's lifecycle: build every part from a ServerConfig, serve, drain, stop.
 
-Start: load the model (worker thread), start the batcher, bind the gRPC port (health
-NOT_SERVING), start `/metrics`, warm up (worker thread), then health SERVING and the
-ready file. Stop (SIGTERM/SIGINT, or `stop()` in tests): health NOT_SERVING at once, keep
-serving for `drain_delay_s` so load balancers notice, then refuse new calls and give the
-in-flight ones `grace_period_s` to finish, stop the batcher, close `/metrics`.
+Start: pick the default model from the repository's folders (an ambiguous or empty
+repository fails here), bind the gRPC port (health NOT_SERVING), start `/metrics`; then,
+in the background, load and warm up every model of the repository (worker threads), then
+health SERVING and the ready file; in poll mode, re-read the repository periodically.
+Stop (SIGTERM/SIGINT, or `stop()` in tests): health NOT_SERVING at once, keep serving
+for `drain_delay_s` so load balancers notice, then refuse new calls and give the
+in-flight ones `grace_period_s` to finish, stop every batcher, close `/metrics`.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ from prometheus_client import CollectorRegistry
 
 from mnist_serving_proto import classifier_pb2_grpc, open_inference_pb2_grpc
 from mnist_serving_server.config import METRICS_OFF, ServerConfig
-from mnist_serving_server.core.batcher import DynamicBatcher
-from mnist_serving_server.core.dataplane import InferenceService
-from mnist_serving_server.core.repository import resolve_model
-from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.core.dataplane import DataPlane, ModelControlMode
+from mnist_serving_server.core.registry import ModelRegistry, ModelState, RegistryOptions
+from mnist_serving_server.core.runtime import ModelInfo
 from mnist_serving_server.grpc_api.auth import AuthConfigError, build_auth_interceptor
 from mnist_serving_server.grpc_api.classifier_servicer import ClassifierServicer
 from mnist_serving_server.grpc_api.health import (
@@ -97,9 +98,24 @@ class ServingApp:
         self._warm_up_gate = warm_up_gate
         # True only in a --workers process: the port is shared with its siblings on purpose.
         self._reuse_port = reuse_port
-        self._runtime: ModelRuntime | None = None
-        self._batcher: DynamicBatcher | None = None
-        self._inference: InferenceService | None = None
+        self.models = ModelRegistry(
+            config.model_repository,
+            RegistryOptions(
+                max_batch_size=config.max_batch_size,
+                max_queue_delay_s=config.max_queue_delay_s,
+                max_queue_size=config.max_queue_size,
+                provider=config.provider,
+                intra_op_threads=config.intra_op_threads,
+                default_model=config.default_model,
+                retire_timeout_s=config.grace_period_s,
+            ),
+            observer_for=self.metrics.version_observer,
+            on_state=self._on_model_state,
+        )
+        self.dataplane = DataPlane(
+            self.models, control_mode=ModelControlMode(config.model_control_mode)
+        )
+        self._poll_task: asyncio.Task[None] | None = None
         self._server: aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
         self._warm_up_task: asyncio.Task[None] | None = None
@@ -130,14 +146,8 @@ class ServingApp:
         return grpc_address(host, self.grpc_port)
 
     @property
-    def inference(self) -> InferenceService:
-        if self._inference is None:
-            raise RuntimeError("the server is not started")
-        return self._inference
-
-    @property
     def ready(self) -> bool:
-        return self.health.serving and self.inference.ready
+        return self.health.serving and self.dataplane.ready
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -163,30 +173,10 @@ class ServingApp:
 
     async def _start_serving(self) -> None:
         config = self.config
-        version, model_path = resolve_model(
-            config.model_repository, config.model_name, config.model_version
-        )
-        self._runtime = runtime = await asyncio.to_thread(
-            ModelRuntime.load,
-            model_path,
-            name=config.model_name,
-            version=str(version),
-            provider=config.provider,
-            intra_op_threads=config.intra_op_threads,
-        )
-        self.metrics.set_model_info(runtime.info)
-        self._batcher = DynamicBatcher(
-            runtime.run,
-            max_batch_size=config.max_batch_size,
-            max_queue_delay_s=config.max_queue_delay_s,
-            max_queue_size=config.max_queue_size,
-            observer=self.metrics,
-            on_failure=self._on_batcher_failure,
-        )
-        self._inference = InferenceService(runtime, self._batcher)
+        default_model = self.models.resolve_default_model()
         await self.health.start()
 
-        registrations = self._servicers(self._inference)
+        registrations = self._servicers()
         interceptors = self._interceptors([name for _, _, name in registrations])
         server = aio.server(options=self._server_options(), interceptors=interceptors)
         for add_to_server, servicer, _ in registrations:
@@ -196,7 +186,6 @@ class ServingApp:
         enable_reflection(server, [name for _, _, name in registrations])
         self._grpc_port = self._bind(server)
         self._server = server
-        await self._batcher.start()
         await server.start()
         if config.metrics_port != METRICS_OFF:
             try:
@@ -208,15 +197,13 @@ class ServingApp:
                     f"cannot serve /metrics on "
                     f"{grpc_address(config.metrics_host, config.metrics_port)}: {exc}"
                 ) from None
-        info = runtime.info
         logger.info(
-            "serving (warming up)",
+            "serving (loading models)",
             extra=log_fields(
-                model=info.name,
-                version=info.version,
-                sha256=info.sha256,
-                provider=info.provider,
-                threads=info.intra_op_threads,
+                model_repository=str(config.model_repository),
+                default_model=default_model,
+                model_control_mode=config.model_control_mode,
+                provider=config.provider,
                 grpc_port=self._grpc_port,
                 metrics_port=self.metrics_port,
                 tls=config.tls_enabled,
@@ -228,17 +215,27 @@ class ServingApp:
             ),
         )
 
-    def _servicers(self, inference: InferenceService) -> list[ServicerRegistration]:
+    def _servicers(self) -> list[ServicerRegistration]:
         """Every API this server answers; add a line here to serve another one."""
+        config = self.config
         return [
             (
                 classifier_pb2_grpc.add_ClassifierServicer_to_server,
-                ClassifierServicer(inference, self.metrics, self.config),
+                ClassifierServicer(
+                    self.dataplane,
+                    self.metrics,
+                    max_images_per_request=config.max_images_per_request,
+                    max_decoded_pixels=config.max_decoded_pixels,
+                ),
                 CLASSIFIER_SERVICE,
             ),
             (
                 open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                InferenceV2Servicer(inference, self.metrics, self.config),
+                InferenceV2Servicer(
+                    self.dataplane,
+                    self.metrics,
+                    max_images_per_request=config.max_images_per_request,
+                ),
                 V2_SERVICE,
             ),
         ]
@@ -311,29 +308,46 @@ class ServingApp:
         )
 
     async def _warm_up(self) -> None:
+        """Load and warm every model of the repository, then SERVING."""
         if self._warm_up_gate is not None:
             await self._warm_up_gate.wait()
-        assert self._runtime is not None
-        assert self._inference is not None
-        await asyncio.to_thread(self._runtime.warm_up, self.config.max_batch_size)
+        await self.models.load_all()
         if self._stopping:
             return
-        self._inference.set_ready(True)
+        self.dataplane.set_ready(True)
         await self.health.set_serving()
         if self.config.ready_file is not None:
             write_ready_file(self.config.ready_file, self.grpc_port, self.metrics_port)
+        if self.dataplane.control_mode is ModelControlMode.POLL:
+            self._poll_task = asyncio.create_task(self._poll_repository(), name="mnist-poll")
         logger.info(
             "ready", extra=log_fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port)
         )
 
-    def _on_batcher_failure(self, exc: BaseException) -> None:
-        """The batch loop died: nothing can be served any more; say so to health checks."""
-        logger.error("batch loop died; reporting NOT_SERVING", exc_info=exc)
-        if self._inference is not None:
-            self._inference.set_ready(False)
-        task = asyncio.get_running_loop().create_task(self.health.set_not_serving_for_good())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _poll_repository(self) -> None:
+        """Poll mode: apply what changed in the repository folder every poll interval."""
+        while not self._stopping:
+            await asyncio.sleep(self.config.repository_poll_secs)
+            try:
+                await self.models.poll()
+            except Exception:  # a bug must not end polling for good
+                logger.exception("repository poll failed")
+
+    def _on_model_state(
+        self, model: str, version: str, state: ModelState, info: ModelInfo | None
+    ) -> None:
+        """Metrics follow every state; health follows whether anything can be served."""
+        self.metrics.on_model_state(model, version, state.value, info)
+        if self._stopping or not self.dataplane.accepting:
+            return
+        serving = self.models.any_ready
+        if serving != self.health.serving:
+            if not serving:
+                logger.error("no model version can serve; reporting NOT_SERVING")
+            update = self.health.set_serving() if serving else self.health.set_not_serving()
+            task = asyncio.get_running_loop().create_task(update)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def stop(self, *, drain_delay_s: float | None = None) -> None:
         """Drain and stop (idempotent; a second caller waits for the first)."""
@@ -358,14 +372,16 @@ class ServingApp:
             self._warm_up_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._warm_up_task
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
         server, self._server = self._server, None
         if server is not None:
             # New calls are refused from here on; calls in flight get the grace period.
             await server.stop(self.config.grace_period_s)
-        if self._inference is not None:
-            self._inference.set_ready(False)
-        if self._batcher is not None:
-            await self._batcher.stop()
+        self.dataplane.set_ready(False)
+        await self.models.stop()
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)

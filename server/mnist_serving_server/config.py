@@ -71,10 +71,12 @@ class ServerConfig:
 
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     """Folder holding `<model>/<version>/model.onnx`."""
-    model_name: str = DEFAULT_MODEL_NAME
-    """The model to serve."""
-    model_version: int | None = None
-    """The version folder to serve (e.g. 2 for an INT8 export); unset = the highest."""
+    default_model: str | None = None
+    """The model an empty model name means; unset = mnist when present, else the only model."""
+    model_control_mode: str = "explicit"
+    """none (fixed at start), explicit (repository API; all loaded at start), or poll."""
+    repository_poll_secs: float = 5.0
+    """In poll mode, seconds between repository scans."""
     host: str = DEFAULT_HOST
     """gRPC bind address."""
     port: int = DEFAULT_PORT
@@ -136,13 +138,9 @@ class ServerConfig:
             _check_at_least(name, getattr(self, name), 1)
         for name in ("intra_op_threads", "max_queue_delay_ms", "drain_delay_s", "grace_period_s"):
             _check_at_least(name, getattr(self, name), 0)
-        if self.model_version is not None:
-            _check_at_least("model_version", self.model_version, 0)
         _check_choice("provider", self.provider, PROVIDERS)
         _check_choice("log_format", self.log_format, LOG_FORMATS)
         _check_choice("log_level", self.log_level, LOG_LEVELS)
-        if not self.model_name:
-            raise ConfigError(f"{_setting('model_name')} must not be empty")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(
                 f"{_setting('tls_cert')} and {_setting('tls_key')} must be given together"
@@ -197,7 +195,6 @@ def _service_names(text: str) -> tuple[str, ...]:
 
 _CONVERTERS: Mapping[str, Callable[[str], Any]] = {
     "model_repository": Path,
-    "model_version": int,
     "tls_cert": Path,
     "tls_key": Path,
     "tls_client_ca": Path,

@@ -2,23 +2,21 @@
 
 Everything lives on an explicit registry, so in-process tests can run several servers side
 by side. Histograms (not summaries) so the figures aggregate across pods. Label values are
-bounded sets: RPC names, gRPC status names, rejection reasons, and the one served model.
+bounded sets: protocols, method names, status names, rejection reasons, and the models
+and versions of the repository (only resolved ones: a request for an unknown model counts
+with empty model and version).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from mnist_serving_server.core.batcher import DEFAULT_MAX_QUEUE_SIZE
-from mnist_serving_server.core.errors import ServingError
-from mnist_serving_server.grpc_api.grpc_errors import status_for
+from mnist_serving_server.core.batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE
+from mnist_serving_server.core.registry import ModelState
+from mnist_serving_server.core.runtime import ModelInfo
 
 PREFIX = "mnist_serving"
 
@@ -43,29 +41,19 @@ LATENCY_BUCKETS_S = (
     10.0,
     30.0,
 )
-DEFAULT_MAX_BATCH_SIZE = 64
 # How gauges combine across --workers processes (prometheus_client multiprocess mode; ignored
 # in a single process): depths, capacities and in-flight counts add up over the workers
 # alive (each worker has a queue of its own), the model info gauge is the same 1 in each.
 GAUGE_SUM_OF_LIVE_WORKERS: Final = "livesum"
 GAUGE_SAME_IN_EVERY_WORKER: Final = "livemax"
 
+MODEL_STATES: Final = tuple(state.value for state in ModelState)
+READY_STATE: Final = ModelState.READY.value
+RETIRED_STATE: Final = ModelState.UNAVAILABLE.value
+
 REASON_NOT_READY = "not_ready"
 # "queue_full", "deadline" and "cancelled" come from the batcher; "not_ready" from the RPCs.
 REJECTION_REASONS = ("queue_full", "deadline", "cancelled", REASON_NOT_READY)
-
-
-class ModelInfoLike(Protocol):
-    """The fields of runtime.ModelInfo that the model info gauge shows."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def sha256(self) -> str: ...
-    @property
-    def provider(self) -> str: ...
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -79,61 +67,33 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
     return tuple(buckets)
 
 
-class RequestRecord:
-    """One RPC being handled, and its context manager; `code` None means "not decided yet".
+class VersionObserver:
+    """One model version's batch metrics (a BatcherObserver): children looked up once."""
 
-    `finish(code)` counts the RPC at once. Error paths call it (via grpc_errors.abort_with)
-    before `context.abort` sends the status, so the counters have moved by the time the
-    caller sees its error; otherwise the RPC is counted when the `with` block exits.
+    __slots__ = ("_batch_compute", "_batch_size", "_metrics", "_queue_depth", "_queue_wait")
 
-    A plain class with __slots__ rather than a @contextmanager generator: it runs on every
-    RPC, and this costs a third of the generator version (docs/performance.md).
-    """
-
-    __slots__ = ("_metrics", "_started", "code", "counted", "method")
-
-    def __init__(self, metrics: ServerMetrics, method: str) -> None:
+    def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
         self._metrics = metrics
-        self.method = method
-        self.code: grpc.StatusCode | None = None
-        self.counted = False
-        self._started = 0.0
+        self._queue_wait = metrics.queue_wait.labels(model=model, version=version)
+        self._batch_compute = metrics.batch_compute.labels(model=model, version=version)
+        self._batch_size = metrics.batch_size.labels(model=model, version=version)
+        self._queue_depth = metrics.queue_depth.labels(model=model, version=version)
 
-    def __enter__(self) -> RequestRecord:
-        self._started = time.perf_counter()
-        self._metrics.inflight_requests.inc()
-        return self
+    def on_queue_depth(self, images: int) -> None:
+        self._queue_depth.set(images)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc is not None and self.code is None:
-            if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-                self.code = grpc.StatusCode.CANCELLED
-            elif isinstance(exc, ServingError):  # e.g. a stream item that did not parse
-                self.code, _ = status_for(exc)
-            else:
-                self.code = grpc.StatusCode.INTERNAL
-        self.finish(self.code or grpc.StatusCode.OK)
+    def on_batch(self, batch_size: int, queue_waits_s: Sequence[float], compute_s: float) -> None:
+        self._batch_size.observe(batch_size)
+        self._batch_compute.observe(compute_s)
+        for wait_s in queue_waits_s:
+            self._queue_wait.observe(wait_s)
 
-    def finish(self, code: grpc.StatusCode) -> None:
-        """Count this RPC with `code` now (later calls, and the context exit, do nothing)."""
-        if self.counted:
-            return
-        self.code = code
-        self.counted = True
-        metrics = self._metrics
-        metrics.inflight_requests.dec()
-        if code is grpc.StatusCode.UNAVAILABLE:  # warming up, shutting down, loop dead
-            metrics.on_rejected(REASON_NOT_READY)
-        metrics.count_request(self.method, code, time.perf_counter() - self._started)
+    def on_rejected(self, reason: str) -> None:
+        self._metrics.on_rejected(reason)
 
 
 class ServerMetrics:
-    """All of the server's metrics; implements batcher.BatcherObserver."""
+    """All of the server's metrics. Transports count their requests with `count_request`."""
 
     def __init__(
         self,
@@ -143,55 +103,62 @@ class ServerMetrics:
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     ) -> None:
         self.registry = registry
+        self._max_queue_size = max_queue_size
         self.requests = Counter(
             f"{PREFIX}_requests",
-            "RPCs handled, by method and gRPC status (a stream counts once, when it ends).",
-            ["method", "code"],
+            "Requests handled, by protocol, method, model, version and status (a stream "
+            "counts once, when it ends; model and version are empty when none was resolved).",
+            ["protocol", "method", "model", "version", "code"],
             registry=registry,
         )
         self.request_duration = Histogram(
             f"{PREFIX}_request_duration_seconds",
-            "Time from an RPC's arrival at the servicer to its reply, by method.",
-            ["method"],
+            "Time from a request's arrival at its handler to its reply.",
+            ["protocol", "method", "model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
+        version_labels = ["model", "version"]
         self.queue_wait = Histogram(
             f"{PREFIX}_queue_wait_seconds",
-            "Time a request waited in the batcher's queue before its batch started.",
+            "Time a request waited in its model version's queue before its batch started.",
+            version_labels,
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
         self.batch_compute = Histogram(
             f"{PREFIX}_batch_compute_seconds",
             "ONNX Runtime time per batch.",
+            version_labels,
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
         self.batch_size = Histogram(
             f"{PREFIX}_batch_size",
             "Images per ONNX Runtime call.",
+            version_labels,
             buckets=batch_size_buckets(max_batch_size),
             registry=registry,
         )
         self.queue_depth = Gauge(
             f"{PREFIX}_queue_depth",
-            "Images waiting in the batcher's queue.",
+            "Images waiting in a model version's queue.",
+            version_labels,
             registry=registry,
             multiprocess_mode=GAUGE_SUM_OF_LIVE_WORKERS,
         )
-        # Set once: alerts and dashboards divide queue_depth by it, so a changed
+        # Set per version: alerts and dashboards divide queue_depth by it, so a changed
         # MNIST_SERVING_MAX_QUEUE_SIZE needs no edit of the rules.
         self.queue_capacity = Gauge(
             f"{PREFIX}_queue_capacity",
-            "Images the batcher's queue holds before it sheds load (max queue size).",
+            "Images a model version's queue holds before it sheds load (max queue size).",
+            version_labels,
             registry=registry,
             multiprocess_mode=GAUGE_SUM_OF_LIVE_WORKERS,
         )
-        self.queue_capacity.set(max_queue_size)
         self.inflight_requests = Gauge(
             f"{PREFIX}_inflight_requests",
-            "RPCs being handled right now.",
+            "Requests being handled right now.",
             registry=registry,
             multiprocess_mode=GAUGE_SUM_OF_LIVE_WORKERS,
         )
@@ -205,64 +172,69 @@ class ServerMetrics:
             self.rejections.labels(reason=reason)
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
-            "The model being served (always 1).",
+            "A served model version (1; 0 once it is retired).",
             ["model", "version", "sha256", "provider"],
             registry=registry,
-            # Every worker serves the same model: one series with value 1, not one per worker.
+            # Every worker serves the same models: one series with value 1, not one per worker.
             multiprocess_mode=GAUGE_SAME_IN_EVERY_WORKER,
         )
-        self._model_info_set = False
-        self._request_children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
+        self.model_state = Gauge(
+            f"{PREFIX}_model_state",
+            "1 for a model version's current state (READY, LOADING, UNLOADING, UNAVAILABLE), "
+            "0 for the others.",
+            ["model", "version", "state"],
+            registry=registry,
+            multiprocess_mode=GAUGE_SAME_IN_EVERY_WORKER,
+        )
+        self._request_children: dict[tuple[str, str, str, str, str], tuple[Any, Any]] = {}
 
-    # --- BatcherObserver ---------------------------------------------------------------
-
-    def on_queue_depth(self, images: int) -> None:
-        self.queue_depth.set(images)
-
-    def on_batch(self, batch_size: int, queue_waits_s: Sequence[float], compute_s: float) -> None:
-        self.batch_size.observe(batch_size)
-        self.batch_compute.observe(compute_s)
-        for wait_s in queue_waits_s:
-            self.queue_wait.observe(wait_s)
+    def version_observer(self, info: ModelInfo) -> VersionObserver:
+        """The batch metrics of one model version (its queue capacity is set here)."""
+        self.queue_capacity.labels(model=info.name, version=info.version).set(self._max_queue_size)
+        return VersionObserver(self, info.name, info.version)
 
     def on_rejected(self, reason: str) -> None:
         self.rejections.labels(reason=reason).inc()
 
-    # --- per RPC -----------------------------------------------------------------------
+    def on_model_state(self, model: str, version: str, state: str, info: ModelInfo | None) -> None:
+        """Follow a model version's state (the registry's StateListener)."""
+        for known in MODEL_STATES:
+            self.model_state.labels(model=model, version=version, state=known).set(
+                1 if known == state else 0
+            )
+        if info is not None and state in (READY_STATE, RETIRED_STATE):
+            self.model_info.labels(
+                model=info.name, version=info.version, sha256=info.sha256, provider=info.provider
+            ).set(1 if state == READY_STATE else 0)
 
-    def count_request(self, method: str, code: grpc.StatusCode, duration_s: float) -> None:
-        """Count one finished RPC and observe its duration."""
-        children = self._request_children.get((method, code))
+    # --- per request -------------------------------------------------------------------
+
+    def count_request(
+        self,
+        protocol: str,
+        method: str,
+        model: str,
+        version: str,
+        code: str,
+        duration_s: float,
+    ) -> None:
+        """Count one finished request and observe its duration."""
+        key = (protocol, method, model, version, code)
+        children = self._request_children.get(key)
         if children is None:
             # labels() takes a lock and builds a key each time: look each child up once.
             children = (
-                self.requests.labels(method=method, code=code.name),
-                self.request_duration.labels(method=method),
+                self.requests.labels(
+                    protocol=protocol, method=method, model=model, version=version, code=code
+                ),
+                self.request_duration.labels(
+                    protocol=protocol, method=method, model=model, version=version
+                ),
             )
-            self._request_children[(method, code)] = children
+            self._request_children[key] = children
         counter, duration = children
         counter.inc()
         duration.observe(duration_s)
-
-    def track_request(self, method: str) -> RequestRecord:
-        """Time one RPC, hold the in-flight gauge, and count it when it ends (a `with` block).
-
-        The servicer sets `record.code` when it answers with an error; if it does not, a
-        normal exit counts OK, a cancelled handler CANCELLED, a ServingError its status and
-        any other exception INTERNAL. An UNAVAILABLE answer also counts a `not_ready`
-        rejection.
-        """
-        return RequestRecord(self, method)
-
-    def set_model_info(self, info: ModelInfoLike) -> None:
-        if self._model_info_set:
-            # Only a second model needs this (clear() is not implemented, and warns, in
-            # prometheus_client's multiprocess mode, which --workers uses).
-            self.model_info.clear()
-        self._model_info_set = True
-        self.model_info.labels(
-            model=info.name, version=info.version, sha256=info.sha256, provider=info.provider
-        ).set(1)
 
 
 class MetricsServer:
@@ -293,8 +265,8 @@ __all__ = [
     "LATENCY_BUCKETS_S",
     "REJECTION_REASONS",
     "MetricsServer",
-    "RequestRecord",
     "ServerMetrics",
+    "VersionObserver",
     "batch_size_buckets",
     "start_metrics_server",
 ]

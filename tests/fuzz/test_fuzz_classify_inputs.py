@@ -156,7 +156,7 @@ def test_classify_requests_get_the_documented_status(
     )
     reply, response = classify(caller, request)
     kinds = {kind for kind, _ in parts}
-    info = fuzz_server.app.inference.info
+    info = fuzz_server.app.dataplane.model("", "").info
     if model_name not in ("", info.name) or model_version not in ("", info.version):
         assert reply.code is grpc.StatusCode.NOT_FOUND, reply
     elif top_k > CLASS_COUNT or not parts or kinds & {WRONG_SIZE, EMPTY}:

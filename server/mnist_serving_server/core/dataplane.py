@@ -52,6 +52,11 @@ class DataPlane:
         """Warm and accepting work: set_ready(True) was called and some model is serving."""
         return self._ready and self.registry.any_ready
 
+    @property
+    def accepting(self) -> bool:
+        """set_ready(True) was called: warm-up is over and shutdown has not begun."""
+        return self._ready
+
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
 

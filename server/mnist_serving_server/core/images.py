@@ -22,6 +22,7 @@ import io
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -51,6 +52,7 @@ DEFAULT_MAX_DECODED_PIXELS: Final = 16 * 1024 * 1024
 # Side of the output frame and of the box the digit's larger side is scaled to (MNIST:
 # "size normalized to fit in a 20x20 pixel box ... centered in a 28x28 image").
 MNIST_SIDE: Final = 28
+MNIST_SIZE: Final = (MNIST_SIDE, MNIST_SIDE)
 DIGIT_BOX_SIDE: Final = 20
 
 # Where the centre of mass lands, in pixel-index coordinates (row, column). Measured on
@@ -338,14 +340,26 @@ def _clamped_offset(ideal: float, extent: int) -> int:
     return min(max(math.floor(ideal + 0.5), 0), MNIST_SIDE - extent)
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> Uint8Array:
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
+    size: Sequence[int] = MNIST_SIZE,
+) -> Uint8Array:
     """PNG or JPEG bytes of any size -> uint8 [28, 28], white digit on black, as MNIST.
 
     Raises InvalidInputError, with a message saying what to fix, for empty data, formats
     other than PNG/JPEG, corrupt or truncated files, and images whose declared
     width x height exceeds ``max_pixels`` (checked before decoding). An image with no
     ink (one flat colour) is valid and gives all zeros, like a blank raw-pixel image.
+    `size` is the (height, width) the model takes: this preparation makes MNIST's 28x28
+    only, so another size is refused (send raw pixels for such a model).
     """
+    if tuple(size) != MNIST_SIZE:
+        raise InvalidInputError(
+            f"encoded images are prepared as MNIST digits ({MNIST_SIDE}x{MNIST_SIDE}); this "
+            f"model takes {'x'.join(str(d) for d in size)} images: send raw pixels instead"
+        )
     if not data:
         raise InvalidInputError(f"image is empty (0 bytes); send {_ACCEPTED_TEXT} bytes")
     image = _open(data, max_pixels)

@@ -86,7 +86,8 @@ class ModelConfig:
 
 
 def triton_type_name(datatype: str) -> str:
-    """V2 datatype -> Triton's DataType enum name ("FP32" -> "TYPE_FP32", "BYTES" -> "TYPE_STRING")."""
+    """V2 datatype -> Triton's DataType enum name ("FP32" -> "TYPE_FP32", "BYTES" ->
+    "TYPE_STRING")."""
     return _TRITON_STRING if datatype == _V2_BYTES else _TYPE_PREFIX + datatype
 
 

@@ -44,7 +44,7 @@ from mnist_serving_server.core.repository import (
     list_versions,
     model_names,
 )
-from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime, TensorSpec
+from mnist_serving_server.core.runtime import DYNAMIC_DIM, ModelInfo, ModelRuntime, TensorSpec
 from mnist_serving_server.core.statistics import StatisticsObserver, VersionStatistics
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ PREFERRED_DEFAULT_MODEL: Final = "mnist"
 PROBABILITIES_OUTPUT: Final = "probabilities"
 """The output an image classifier must have for the Classify API."""
 CLASSIFIER_INPUT_DATATYPE: Final = "UINT8"
-DYNAMIC_DIM: Final = -1
 UNLOADED_REASON: Final = "unloaded"
 
 
@@ -118,6 +117,7 @@ class ServedVersion:
         "file_key",
         "info",
         "name",
+        "output_names",
         "runtime",
         "statistics",
         "version",
@@ -139,6 +139,7 @@ class ServedVersion:
         self.info: ModelInfo = runtime.info
         self.name = runtime.info.name
         self.version = runtime.info.version
+        self.output_names = tuple(spec.name for spec in runtime.info.outputs)
         self.classifier, self.classifier_problem = classifier_contract(runtime.info)
 
     @property
@@ -303,7 +304,9 @@ class ModelRegistry:
                 entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, UNLOADED_REASON))
                 continue
             for version in sorted(model.versions, key=int):
-                state = ModelState.READY if model.versions[version].ready else ModelState.UNAVAILABLE
+                state = (
+                    ModelState.READY if model.versions[version].ready else ModelState.UNAVAILABLE
+                )
                 reason = "" if state is ModelState.READY else "batch loop stopped"
                 entries.append(IndexEntry(name, version, state, reason))
             for version, reason in sorted(model.failed_versions.items()):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_serving_server.core.errors import ModelLoadError
 
 MODEL_FILE_NAME = "model.onnx"
 
@@ -41,26 +40,3 @@ def model_names(repository: Path) -> list[str]:
         for entry in entries
         if entry.is_dir() and not entry.name.startswith(".") and not is_version_name(entry.name)
     )
-
-
-def resolve_model(
-    repository: Path, model_name: str, version: int | None = None
-) -> tuple[int, Path]:
-    """(version, path to model.onnx): the highest version when `version` is None."""
-    model_root = repository / model_name
-    versions = list_versions(repository, model_name)
-    if not versions:
-        raise ModelLoadError(
-            f"no versions of model {model_name!r} in {model_root}: expected "
-            f"{model_root}/<version>/{MODEL_FILE_NAME} (run `make train-export` to create one)"
-        )
-    if version is None:
-        chosen = versions[-1]
-    elif version in versions:
-        chosen = version
-    else:
-        raise ModelLoadError(
-            f"version {version} of model {model_name!r} not found: no "
-            f"{model_root / str(version) / MODEL_FILE_NAME}; available versions: {versions}"
-        )
-    return chosen, model_root / str(chosen) / MODEL_FILE_NAME

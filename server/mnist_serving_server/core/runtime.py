@@ -33,11 +33,9 @@ DISABLED_OPTIMIZERS_KEY = "ort_disabled_optimizers"
 ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"
 ALLOW_SPINNING_OFF = "0"
 
-# MNIST's ten classes, used when the model carries no "labels" metadata.
-DEFAULT_LABELS = tuple(str(digit) for digit in range(10))
-# Per-image shape used for warm-up when the model leaves a non-batch dimension dynamic.
-DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 DYNAMIC_DIM = -1
+# Warm-up gives a dynamic non-batch dimension this size.
+WARM_UP_DYNAMIC_SIZE = 1
 # Read the model file in 1 MiB pieces when hashing it, so memory stays flat.
 HASH_CHUNK_BYTES = 1 << 20
 
@@ -81,6 +79,7 @@ class ModelInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     labels: tuple[str, ...]
+    """Class names from the "labels" metadata, () when the model has none."""
     metadata: Mapping[str, str]  # all metadata_props
 
 
@@ -175,12 +174,11 @@ class ModelRuntime:
     def warm_up(self, max_batch_size: int) -> None:
         """Run batch 1 and `max_batch_size` once, so the first real call pays no set-up cost."""
         spec = self.info.inputs[0]
-        image_shape = tuple(
-            default if dim == DYNAMIC_DIM else dim
-            for dim, default in zip(spec.shape[1:], DEFAULT_IMAGE_SHAPE, strict=False)
+        item_shape = tuple(
+            WARM_UP_DYNAMIC_SIZE if dim == DYNAMIC_DIM else dim for dim in spec.shape[1:]
         )
         for batch_size in sorted({1, max(1, max_batch_size)}):
-            self.run(np.zeros((batch_size, *image_shape), dtype=spec.numpy_dtype))
+            self.run(np.zeros((batch_size, *item_shape), dtype=spec.numpy_dtype))
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -266,7 +264,7 @@ def _tensor_spec(arg: Any, path: Path) -> TensorSpec:
 def _labels(metadata: Mapping[str, str], path: Path) -> tuple[str, ...]:
     raw = metadata.get(LABELS_KEY)
     if raw is None:
-        return DEFAULT_LABELS
+        return ()  # no class names: answers carry class indices only
     try:
         labels = json.loads(raw)
     except json.JSONDecodeError as exc:

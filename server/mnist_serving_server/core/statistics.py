@@ -56,7 +56,9 @@ class VersionStatistics:
     """Model time, counted once per request in a batch (Triton's convention)."""
     batches: dict[int, BatchSizeStatistics] = field(default_factory=dict)
 
-    def record_batch(self, batch_size: int, queue_waits_s: Sequence[float], compute_s: float) -> None:
+    def record_batch(
+        self, batch_size: int, queue_waits_s: Sequence[float], compute_s: float
+    ) -> None:
         self.inference_count += batch_size
         self.execution_count += 1
         self.last_inference_ms = time.time_ns() // 1_000_000

@@ -24,6 +24,7 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc import aio
 
+from mnist_serving_server.grpc_api.call_metrics import PROTOCOL
 from mnist_serving_server.metrics import ServerMetrics
 
 AUTH_TOKEN_ENV = "MNIST_SERVING_AUTH_TOKEN"
@@ -139,13 +140,10 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
         self._refusal: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(
             _refuse
         )
-        self._rejections = metrics.rejections.labels(reason=REASON_UNAUTHENTICATED)
+        self._metrics = metrics
         # Counted by RPC name only for the methods this server has, so a caller inventing
         # method paths cannot grow the label set.
-        self._refused_requests = {
-            path: metrics.requests.labels(method=name, code=UNAUTHENTICATED_CODE)
-            for path, name in protected_methods.items()
-        }
+        self._method_names = dict(protected_methods)
 
     async def intercept_service(
         self,
@@ -160,10 +158,10 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
             handler_call_details.invocation_metadata
         ):
             return await continuation(handler_call_details)
-        self._rejections.inc()
-        refused = self._refused_requests.get(method)
-        if refused is not None:
-            refused.inc()
+        self._metrics.on_rejected(REASON_UNAUTHENTICATED)
+        name = self._method_names.get(method)
+        if name is not None:
+            self._metrics.count_request(PROTOCOL, name, "", "", UNAUTHENTICATED_CODE, 0.0)
         # Raw bytes in, nothing out: the refusal never touches a message, whatever the method.
         return cast("grpc.RpcMethodHandler[RequestT, ResponseT]", self._refusal)
 

@@ -1,12 +1,13 @@
 """`mnist_serving.v1.Classifier`: Classify and ClassifyStream.
 
-Thin on purpose: protobuf -> one uint8 [n,1,28,28] array -> `InferenceService.infer` ->
-protobuf. Validation errors are `InvalidInputError`s naming the field and what was
-expected; `grpc_errors` turns every exception into a status.
+Thin on purpose: protobuf -> one uint8 [n, *image shape] array (the shape the model's graph
+declares) -> `DataPlane.infer` -> protobuf. Validation errors are `InvalidInputError`s naming
+the field and what was expected; `grpc_errors` turns every exception into a status.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 
@@ -15,18 +16,14 @@ import numpy.typing as npt
 from grpc import aio
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
-from mnist_serving_server.config import ServerConfig
-from mnist_serving_server.core.dataplane import InferenceService
+from mnist_serving_server.core.dataplane import DataPlane
 from mnist_serving_server.core.errors import InvalidInputError
 from mnist_serving_server.core.images import decode_image
+from mnist_serving_server.core.registry import PROBABILITIES_OUTPUT, ClassifierContract
+from mnist_serving_server.grpc_api.call_metrics import RequestRecord, track_request
 from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_code_number, status_for
 from mnist_serving_server.grpc_api.ordered_stream import replies_in_order
 from mnist_serving_server.metrics import ServerMetrics
-
-IMAGE_SIDE = 28
-IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
-MODEL_IMAGE_SHAPE = (1, IMAGE_SIDE, IMAGE_SIDE)
-PROBABILITIES_OUTPUT = "probabilities"
 
 ServicerContext = aio.ServicerContext[
     classifier_pb2.ClassifyRequest, classifier_pb2.ClassifyResponse
@@ -34,18 +31,23 @@ ServicerContext = aio.ServicerContext[
 
 
 def request_pixels(
-    images: Sequence[classifier_pb2.Image], *, max_images: int, max_decoded_pixels: int
+    images: Sequence[classifier_pb2.Image],
+    contract: ClassifierContract,
+    *,
+    max_images: int,
+    max_decoded_pixels: int,
 ) -> npt.NDArray[np.uint8]:
-    """The request's images as one uint8 [n,1,28,28] array (raw pixels are not copied twice).
+    """The request's images as one uint8 [n, *image_shape] array (raw pixels copied once).
 
     Raises InvalidInputError for an empty request, too many images, a raw image of the
     wrong length, an image with no data, or an encoded image that cannot be used.
     """
+    image_bytes = math.prod(contract.image_shape)
     count = len(images)
     if count == 0:
         raise InvalidInputError(
             "the request has no images: set `images` to one or more Image messages "
-            f"(`pixels`: {IMAGE_BYTES} raw bytes, or `encoded`: a PNG/JPEG)"
+            f"(`pixels`: {image_bytes} raw bytes, or `encoded`: a PNG/JPEG)"
         )
     if count > max_images:
         raise InvalidInputError(
@@ -57,44 +59,50 @@ def request_pixels(
         kind = image.WhichOneof("data")
         if kind != "pixels":
             break
-        if len(image.pixels) != IMAGE_BYTES:
-            raise _wrong_size(index, len(image.pixels))
+        if len(image.pixels) != image_bytes:
+            raise _wrong_size(index, len(image.pixels), contract)
         raw.append(image.pixels)
     else:  # every image is raw pixels: the common, fast path, one join and no other copy
         data = raw[0] if count == 1 else b"".join(raw)
-        return np.frombuffer(data, dtype=np.uint8).reshape(count, *MODEL_IMAGE_SHAPE)
-    return _mixed_pixels(images, max_decoded_pixels=max_decoded_pixels)
+        return np.frombuffer(data, dtype=np.uint8).reshape(count, *contract.image_shape)
+    return _mixed_pixels(images, contract, max_decoded_pixels=max_decoded_pixels)
 
 
 def _mixed_pixels(
-    images: Sequence[classifier_pb2.Image], *, max_decoded_pixels: int
+    images: Sequence[classifier_pb2.Image],
+    contract: ClassifierContract,
+    *,
+    max_decoded_pixels: int,
 ) -> npt.NDArray[np.uint8]:
-    pixels = np.empty((len(images), *MODEL_IMAGE_SHAPE), dtype=np.uint8)
+    image_bytes = math.prod(contract.image_shape)
+    pixels = np.empty((len(images), image_bytes), dtype=np.uint8)
     for index, image in enumerate(images):
         kind = image.WhichOneof("data")
         if kind == "pixels":
-            if len(image.pixels) != IMAGE_BYTES:
-                raise _wrong_size(index, len(image.pixels))
-            pixels[index, 0] = np.frombuffer(image.pixels, dtype=np.uint8).reshape(
-                IMAGE_SIDE, IMAGE_SIDE
-            )
+            if len(image.pixels) != image_bytes:
+                raise _wrong_size(index, len(image.pixels), contract)
+            pixels[index] = np.frombuffer(image.pixels, dtype=np.uint8)
         elif kind == "encoded":
             try:
-                pixels[index, 0] = decode_image(image.encoded, max_pixels=max_decoded_pixels)
+                decoded = decode_image(
+                    image.encoded, max_pixels=max_decoded_pixels, size=contract.image_shape[-2:]
+                )
             except InvalidInputError as exc:
                 raise InvalidInputError(f"images[{index}].encoded: {exc}") from None
+            pixels[index] = decoded.ravel()
         else:
             raise InvalidInputError(
-                f"images[{index}] has no data: set `pixels` ({IMAGE_BYTES} raw bytes) "
+                f"images[{index}] has no data: set `pixels` ({image_bytes} raw bytes) "
                 "or `encoded` (a PNG/JPEG)"
             )
-    return pixels
+    return pixels.reshape(len(images), *contract.image_shape)
 
 
-def _wrong_size(index: int, size: int) -> InvalidInputError:
+def _wrong_size(index: int, size: int, contract: ClassifierContract) -> InvalidInputError:
+    height, width = contract.image_shape[-2:]
     return InvalidInputError(
-        f"images[{index}].pixels has {size} bytes; expected {IMAGE_BYTES} "
-        f"({IMAGE_SIDE}x{IMAGE_SIDE} uint8, row-major)"
+        f"images[{index}].pixels has {size} bytes; expected {height * width} "
+        f"({height}x{width} uint8, row-major)"
     )
 
 
@@ -105,22 +113,27 @@ def deadline_of(context: ServicerContext) -> float | None:
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
-    """Classify and ClassifyStream over one InferenceService (shared with KServe V2)."""
+    """Classify and ClassifyStream over the DataPlane (shared with KServe V2)."""
 
     def __init__(
-        self, inference: InferenceService, metrics: ServerMetrics, config: ServerConfig
+        self,
+        dataplane: DataPlane,
+        metrics: ServerMetrics,
+        *,
+        max_images_per_request: int,
+        max_decoded_pixels: int,
     ) -> None:
-        self._inference = inference
+        self._dataplane = dataplane
         self._metrics = metrics
-        self._max_images = config.max_images_per_request
-        self._max_decoded_pixels = config.max_decoded_pixels
+        self._max_images = max_images_per_request
+        self._max_decoded_pixels = max_decoded_pixels
 
     async def Classify(  # noqa: N802 - the gRPC method name
         self, request: classifier_pb2.ClassifyRequest, context: ServicerContext
     ) -> classifier_pb2.ClassifyResponse:
-        with self._metrics.track_request("Classify") as record:
+        with track_request(self._metrics, "Classify") as record:
             try:
-                return await self._classify(request, deadline_of(context))
+                return await self._classify(request, deadline_of(context), record)
             except Exception as exc:
                 await abort_with(context, exc, record)
 
@@ -130,7 +143,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         context: ServicerContext,
     ) -> AsyncIterator[classifier_pb2.ClassifyResponse]:
         """Requests are handled concurrently (up to STREAM_WINDOW); replies keep their order."""
-        with self._metrics.track_request("ClassifyStream"):
+        with track_request(self._metrics, "ClassifyStream"):
             deadline = deadline_of(context)
 
             def answer(
@@ -145,7 +158,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         self, request: classifier_pb2.ClassifyRequest, deadline: float | None
     ) -> classifier_pb2.ClassifyResponse:
         try:
-            return await self._classify(request, deadline)
+            return await self._classify(request, deadline, None)
         except Exception as exc:
             code, message = status_for(exc)
             return classifier_pb2.ClassifyResponse(
@@ -154,31 +167,47 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             )
 
     async def _classify(
-        self, request: classifier_pb2.ClassifyRequest, deadline: float | None
+        self,
+        request: classifier_pb2.ClassifyRequest,
+        deadline: float | None,
+        record: RequestRecord | None,
     ) -> classifier_pb2.ClassifyResponse:
-        info = self._inference.info
-        self._inference.check_model(request.model_name, request.model_version)
-        class_count = len(info.labels)
-        if request.top_k > class_count:
+        served, contract = self._dataplane.classifier(request.model_name, request.model_version)
+        if record is not None:
+            record.model = served.name
+            record.version = served.version
+        if request.top_k > contract.num_classes:
             raise InvalidInputError(
-                f"top_k is {request.top_k}; at most {class_count} (the number of classes)"
+                f"top_k is {request.top_k}; at most {contract.num_classes} (the number of classes)"
             )
         pixels = request_pixels(
-            request.images, max_images=self._max_images, max_decoded_pixels=self._max_decoded_pixels
+            request.images,
+            contract,
+            max_images=self._max_images,
+            max_decoded_pixels=self._max_decoded_pixels,
         )
-        outputs = await self._inference.infer(pixels, deadline=deadline)
+        outputs = await self._dataplane.infer(served, pixels, deadline=deadline)
         return classifier_pb2.ClassifyResponse(
-            predictions=predictions(outputs[PROBABILITIES_OUTPUT], request.top_k),
-            model_name=info.name,
-            model_version=info.version,
+            predictions=predictions(
+                outputs[PROBABILITIES_OUTPUT], request.top_k, served.info.labels
+            ),
+            model_name=served.name,
+            model_version=served.version,
             request_id=request.request_id,
         )
 
 
 def predictions(
-    probabilities: npt.NDArray[np.float32], top_k: int
+    probabilities: npt.NDArray[np.float32], top_k: int, class_names: Sequence[str]
 ) -> list[classifier_pb2.Prediction]:
-    """One Prediction per row of [n, classes] probabilities; top_k (0 = none) per row."""
+    """One Prediction per row of [n, classes] probabilities; top_k (0 = none) per row.
+
+    `class_names` are the model's labels; () leaves `class_name` empty.
+    """
+
+    def name_of(index: int) -> str:
+        return class_names[index] if index < len(class_names) else ""
+
     labels = probabilities.argmax(axis=1)
     rows = probabilities.tolist()  # one conversion for the whole batch, not per element
     result: list[classifier_pb2.Prediction] = []
@@ -187,11 +216,11 @@ def predictions(
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k].tolist()
     for row_index, (label, row) in enumerate(zip(labels.tolist(), rows, strict=True)):
         prediction = classifier_pb2.Prediction(
-            label=label, probability=row[label], probabilities=row
+            label=label, probability=row[label], probabilities=row, class_name=name_of(label)
         )
         if top_k:
             prediction.top_k.extend(
-                classifier_pb2.ClassScore(label=cls, probability=row[cls])
+                classifier_pb2.ClassScore(label=cls, probability=row[cls], class_name=name_of(cls))
                 for cls in ranked[row_index]
             )
         result.append(prediction)

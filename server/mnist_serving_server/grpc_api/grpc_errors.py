@@ -17,6 +17,7 @@ from grpc import aio
 
 from mnist_serving_server.core.errors import (
     DeadlineExceededError,
+    FailedPreconditionError,
     InvalidInputError,
     ModelNotFoundError,
     NotReadyError,
@@ -26,13 +27,14 @@ from mnist_serving_server.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from mnist_serving_server.metrics import RequestRecord
+    from mnist_serving_server.grpc_api.call_metrics import RequestRecord
 
 logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: Mapping[type[ServingError], grpc.StatusCode] = {
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -70,7 +72,7 @@ async def abort_with(
 ) -> NoReturn:
     """End the RPC with exc's status and message (never a traceback).
 
-    With `record` (from ServerMetrics.track_request), the RPC is counted before the status
+    With `record` (from call_metrics.track_request), the RPC is counted before the status
     goes out, so a caller that reads /metrics right after its error sees it counted.
     """
     code, message = status_for(exc)

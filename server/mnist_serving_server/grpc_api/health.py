@@ -1,8 +1,9 @@
 """`grpc.health.v1` status for the whole server and each of its services, and reflection.
 
-NOT_SERVING until the model is loaded and warm; SERVING after; NOT_SERVING for good once
-shutdown starts or the batch loop dies (the health servicer's graceful-shutdown mode
-ignores later `set` calls, so nothing can flip it back by mistake).
+NOT_SERVING until the repository's models are loaded and warm; SERVING after; NOT_SERVING
+while no model version can serve (every batch loop died, every model unloaded), SERVING
+again once one can; NOT_SERVING for good once shutdown starts (the health servicer's
+graceful-shutdown mode ignores later `set` calls, so nothing can flip it back by mistake).
 """
 
 from __future__ import annotations
@@ -49,8 +50,14 @@ class HealthReporter:
             await self.servicer.set(name, SERVING)
         self._serving = True
 
+    async def set_not_serving(self) -> None:
+        """Nothing can be served right now (a later set_serving may follow)."""
+        for name in self.service_names:
+            await self.servicer.set(name, NOT_SERVING)
+        self._serving = False
+
     async def set_not_serving_for_good(self) -> None:
-        """Shutdown or a dead batch loop: NOT_SERVING, and no later call flips it back."""
+        """Shutdown: NOT_SERVING, and no later call flips it back."""
         self._serving = False
         await self.servicer.enter_graceful_shutdown()
 

@@ -1,8 +1,9 @@
-"""KServe V2 / Open Inference Protocol: `inference.GRPCInferenceService` (docs/v2_protocol.md).
+"""KServe V2 / Open Inference Protocol: `inference.GRPCInferenceService` (docs/v2_protocol.md),
+with Triton's extensions: model repository, model configuration, statistics, classification.
 
-Thin, like the Classify servicer: protobuf <-> numpy happens in `v2_tensors`, every image
-goes through `InferenceService.infer` (the one batcher both APIs share), every error
-through `grpc_errors` (the one table), every RPC through `ServerMetrics.track_request`.
+Thin, like the Classify servicer: protobuf <-> numpy happens in `v2_tensors`, every model
+goes through the DataPlane, every error through `grpc_errors` (the one table), every RPC
+through `call_metrics.track_request`.
 """
 
 from __future__ import annotations
@@ -12,27 +13,37 @@ from collections.abc import AsyncIterator, Awaitable
 from importlib import metadata
 from typing import Any, Final, TypeAlias
 
+import numpy as np
 from grpc import aio
 
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
-from mnist_serving_server.config import ServerConfig
-from mnist_serving_server.core.dataplane import InferenceService
-from mnist_serving_server.core.errors import ModelNotFoundError, ServingError
+from mnist_serving_server.core.dataplane import DataPlane
+from mnist_serving_server.core.errors import ServingError
+from mnist_serving_server.core.model_config import PLATFORM
+from mnist_serving_server.core.registry import ServedVersion
+from mnist_serving_server.core.tensors import classification
 from mnist_serving_server.grpc_api import v2_tensors
+from mnist_serving_server.grpc_api.call_metrics import RequestRecord, track_request
 from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_for
 from mnist_serving_server.grpc_api.ordered_stream import replies_in_order
+from mnist_serving_server.grpc_api.triton_messages import (
+    model_config_response,
+    model_statistics,
+)
 from mnist_serving_server.metrics import ServerMetrics
 
 SERVICE_NAME: Final = "inference.GRPCInferenceService"
 SERVER_NAME: Final = "mnist-serving"
 DISTRIBUTION: Final = "mnist-serving"
 UNKNOWN_VERSION: Final = "0+unknown"
-PLATFORM: Final = "onnxruntime_onnx"
-"""Triton's platform name for ONNX models run by ONNX Runtime."""
-EXTENSIONS: Final[tuple[str, ...]] = ()
-"""No optional V2/Triton extension (model repository, shared memory, statistics,
-classification, sequence, ...) is implemented, so none is advertised."""
+EXTENSIONS: Final[tuple[str, ...]] = (
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+)
+"""Triton's optional extensions this server implements (and only those)."""
 
 _Context: TypeAlias = aio.ServicerContext[Any, Any]
 
@@ -44,37 +55,28 @@ def _server_version() -> str:
         return UNKNOWN_VERSION
 
 
+def _tensor_metadata(
+    specs: tuple[Any, ...],
+) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(
+            name=spec.name, datatype=spec.datatype, shape=spec.shape
+        )
+        for spec in specs
+    ]
+
+
 class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The V2 RPCs over one InferenceService."""
+    """The V2 RPCs over the DataPlane (every model of the repository)."""
 
     def __init__(
-        self, inference: InferenceService, metrics: ServerMetrics, config: ServerConfig
+        self, dataplane: DataPlane, metrics: ServerMetrics, *, max_images_per_request: int
     ) -> None:
-        self._inference = inference
+        self._dataplane = dataplane
         self._metrics = metrics
-        self._max_images = config.max_images_per_request
+        self._max_rows = max_images_per_request
         self._server_metadata = pb.ServerMetadataResponse(
             name=SERVER_NAME, version=_server_version(), extensions=EXTENSIONS
-        )
-        info = inference.info
-        self._input_name = info.inputs[0].name
-        self._output_names = tuple(spec.name for spec in info.outputs)
-        self._model_metadata = pb.ModelMetadataResponse(
-            name=info.name,
-            versions=[info.version],
-            platform=PLATFORM,
-            inputs=[
-                pb.ModelMetadataResponse.TensorMetadata(
-                    name=spec.name, datatype=spec.datatype, shape=spec.shape
-                )
-                for spec in info.inputs
-            ],
-            outputs=[
-                pb.ModelMetadataResponse.TensorMetadata(
-                    name=spec.name, datatype=spec.datatype, shape=spec.shape
-                )
-                for spec in info.outputs
-            ],
         )
 
     # --- health and metadata -------------------------------------------------------------
@@ -82,51 +84,115 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(  # noqa: N802 - the protocol's RPC names
         self, request: pb.ServerLiveRequest, context: _Context
     ) -> pb.ServerLiveResponse:
-        with self._metrics.track_request("ServerLive"):
+        with track_request(self._metrics, "ServerLive"):
             # Answering at all is liveness; readiness is ServerReady's business.
             return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(  # noqa: N802
         self, request: pb.ServerReadyRequest, context: _Context
     ) -> pb.ServerReadyResponse:
-        with self._metrics.track_request("ServerReady"):
-            return pb.ServerReadyResponse(ready=self._inference.ready)
+        with track_request(self._metrics, "ServerReady"):
+            return pb.ServerReadyResponse(ready=self._dataplane.ready)
 
     async def ModelReady(  # noqa: N802
         self, request: pb.ModelReadyRequest, context: _Context
     ) -> pb.ModelReadyResponse:
-        with self._metrics.track_request("ModelReady"):
-            try:
-                self._inference.check_model(request.name, request.version)
-            except ModelNotFoundError:
-                # As Triton does: a model that is not served is simply not ready.
-                return pb.ModelReadyResponse(ready=False)
-            return pb.ModelReadyResponse(ready=self._inference.ready)
+        with track_request(self._metrics, "ModelReady"):
+            return pb.ModelReadyResponse(
+                ready=self._dataplane.model_ready(request.name, request.version)
+            )
 
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: _Context
     ) -> pb.ServerMetadataResponse:
-        with self._metrics.track_request("ServerMetadata"):
+        with track_request(self._metrics, "ServerMetadata"):
             return self._server_metadata
 
     async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, context: _Context
     ) -> pb.ModelMetadataResponse:
-        with self._metrics.track_request("ModelMetadata") as record:
+        with track_request(self._metrics, "ModelMetadata") as record:
             try:
-                self._inference.check_model(request.name, request.version)
+                served = self._resolve(request.name, request.version, record)
             except ServingError as exc:
                 await abort_with(context, exc, record)
-            return self._model_metadata
+            info = served.info
+            versions = [version.version for version in self._dataplane.statistics(info.name, "")]
+            return pb.ModelMetadataResponse(
+                name=info.name,
+                versions=versions,
+                platform=PLATFORM,
+                inputs=_tensor_metadata(info.inputs),
+                outputs=_tensor_metadata(info.outputs),
+            )
+
+    async def ModelConfig(  # noqa: N802
+        self, request: pb.ModelConfigRequest, context: _Context
+    ) -> pb.ModelConfigResponse:
+        with track_request(self._metrics, "ModelConfig") as record:
+            try:
+                self._resolve(request.name, request.version, record)
+                config, served = self._dataplane.model_config(request.name)
+            except ServingError as exc:
+                await abort_with(context, exc, record)
+            return model_config_response(config, served.info)
+
+    async def ModelStatistics(  # noqa: N802
+        self, request: pb.ModelStatisticsRequest, context: _Context
+    ) -> pb.ModelStatisticsResponse:
+        with track_request(self._metrics, "ModelStatistics") as record:
+            try:
+                served = self._dataplane.statistics(request.name, request.version)
+            except ServingError as exc:
+                await abort_with(context, exc, record)
+            return pb.ModelStatisticsResponse(model_stats=[model_statistics(s) for s in served])
+
+    # --- the model repository extension --------------------------------------------------
+
+    async def RepositoryIndex(  # noqa: N802
+        self, request: pb.RepositoryIndexRequest, context: _Context
+    ) -> pb.RepositoryIndexResponse:
+        with track_request(self._metrics, "RepositoryIndex"):
+            return pb.RepositoryIndexResponse(
+                models=[
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=entry.name,
+                        version=entry.version,
+                        state=entry.state.value,
+                        reason=entry.reason,
+                    )
+                    for entry in self._dataplane.index(ready_only=request.ready)
+                ]
+            )
+
+    async def RepositoryModelLoad(  # noqa: N802
+        self, request: pb.RepositoryModelLoadRequest, context: _Context
+    ) -> pb.RepositoryModelLoadResponse:
+        with track_request(self._metrics, "RepositoryModelLoad") as record:
+            try:
+                await self._dataplane.load(request.model_name)
+            except ServingError as exc:
+                await abort_with(context, exc, record)
+            return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(  # noqa: N802
+        self, request: pb.RepositoryModelUnloadRequest, context: _Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        with track_request(self._metrics, "RepositoryModelUnload") as record:
+            try:
+                await self._dataplane.unload(request.model_name)
+            except ServingError as exc:
+                await abort_with(context, exc, record)
+            return pb.RepositoryModelUnloadResponse()
 
     # --- inference -----------------------------------------------------------------------
 
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: _Context
     ) -> pb.ModelInferResponse:
-        with self._metrics.track_request("ModelInfer") as record:
+        with track_request(self._metrics, "ModelInfer") as record:
             try:
-                return await self._infer(request, context.time_remaining())
+                return await self._infer(request, context.time_remaining(), record)
             except Exception as exc:
                 await abort_with(context, exc, record)
 
@@ -137,7 +203,7 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         A failed request is answered with `error_message` (and its id) and the stream goes on.
         """
-        with self._metrics.track_request("ModelStreamInfer"):
+        with track_request(self._metrics, "ModelStreamInfer"):
 
             def answer(request: pb.ModelInferRequest) -> Awaitable[pb.ModelStreamInferResponse]:
                 return self._stream_one(request, context)
@@ -150,7 +216,7 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStreamInferResponse:
         try:
             return pb.ModelStreamInferResponse(
-                infer_response=await self._infer(request, context.time_remaining())
+                infer_response=await self._infer(request, context.time_remaining(), None)
             )
         except Exception as exc:
             code, message = status_for(exc)
@@ -164,26 +230,40 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 ),
             )
 
+    def _resolve(self, name: str, version: str, record: RequestRecord | None) -> ServedVersion:
+        served = self._dataplane.model(name, version)
+        if record is not None:
+            record.model = served.name
+            record.version = served.version
+        return served
+
     async def _infer(
-        self, request: pb.ModelInferRequest, time_remaining_s: float | None
+        self,
+        request: pb.ModelInferRequest,
+        time_remaining_s: float | None,
+        record: RequestRecord | None,
     ) -> pb.ModelInferResponse:
-        """One ModelInferRequest through the shared batcher; raises ServingError subclasses."""
+        """One ModelInferRequest through its model's batcher; raises ServingError subclasses."""
         started = time.monotonic()
-        self._inference.check_model(request.model_name, request.model_version)
-        output_names = v2_tensors.select_outputs(request, self._output_names)
-        decoded = v2_tensors.decode_input(
-            request, input_name=self._input_name, max_images=self._max_images
-        )
+        served = self._resolve(request.model_name, request.model_version, record)
+        info = served.info
+        requested = v2_tensors.select_outputs(request, served.output_names)
+        decoded = v2_tensors.decode_input(request, info.inputs[0], max_rows=self._max_rows)
         deadline = _earliest(
             None if time_remaining_s is None else started + time_remaining_s,
             _plus(started, v2_tensors.queue_timeout_s(request)),
         )
-        outputs = await self._inference.infer(decoded.pixels, deadline=deadline)
-        info = self._inference.info
+        outputs = await self._dataplane.infer(served, decoded.array, deadline=deadline)
+        selected: dict[str, np.ndarray] = {}
+        for output in requested:
+            array = outputs[output.name]
+            if output.class_count:
+                array = classification(array, output.class_count, info.labels)
+            selected[output.name] = array
         response = pb.ModelInferResponse(
             model_name=info.name, model_version=info.version, id=request.id
         )
-        v2_tensors.encode_outputs(response, outputs, output_names, raw=decoded.raw)
+        v2_tensors.encode_outputs(response, selected, raw=decoded.raw)
         return response
 
 

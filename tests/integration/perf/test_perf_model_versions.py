@@ -95,7 +95,7 @@ async def test_the_highest_version_is_served_by_default_and_int8_agrees_with_fp3
     sample_digits: tuple[Any, Any],
 ) -> None:
     app = await start_versions_app()
-    info = app.inference.info
+    info = app.dataplane.model("", "").info
     assert info.version == str(INT8_VERSION)
     assert "QDQPropagationTransformer" in info.metadata[DISABLED_OPTIMIZERS_KEY]
     images, _ = sample_digits
@@ -113,7 +113,7 @@ async def test_model_version_selects_an_older_version(
     sample_digits: tuple[Any, Any],
 ) -> None:
     app = await start_versions_app(model_version=FP32_VERSION)
-    assert app.inference.info.version == str(FP32_VERSION)
+    assert app.dataplane.model("", "").info.version == str(FP32_VERSION)
     images, _ = sample_digits
     digits = images[:IMAGES_PER_REQUEST]
     labels, versions = await served_labels(app.target, digits)

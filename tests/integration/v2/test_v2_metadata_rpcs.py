@@ -44,8 +44,13 @@ async def test_server_metadata(v2_stub: pb_grpc.GRPCInferenceServiceAsyncStub) -
     response = await v2_stub.ServerMetadata(pb.ServerMetadataRequest())
     assert response.name == "mnist-serving"
     assert response.version == metadata.version("mnist-serving")
-    # Nothing optional is implemented, so nothing is advertised.
-    assert list(response.extensions) == []
+    # Exactly Triton's extensions that are implemented.
+    assert sorted(response.extensions) == [
+        "classification",
+        "model_configuration",
+        "model_repository",
+        "statistics",
+    ]
 
 
 @pytest.mark.parametrize("version", ["", SERVED_VERSION])

@@ -283,7 +283,7 @@ async def test_queue_full_is_resource_exhausted(
         await runtime_gate.wait_entered()
         two = raw_infer_request(np.zeros((2, 28, 28), dtype=np.uint8))
         queued = asyncio.ensure_future(stub.ModelInfer(two))
-        await wait_until(lambda: app.inference.batcher.queue_depth == 2)
+        await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth == 2)
         await expect_error(
             stub.ModelInfer(one_image_request()), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"
         )

@@ -144,7 +144,7 @@ async def test_v2_and_classify_calls_share_batches(
             )
             for i in range(CALLS_PER_API, max_batch)
         ]
-        await wait_until(lambda: app.inference.batcher.queue_depth == max_batch)
+        await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth == max_batch)
         runtime_gate.open()
         await holder
         v2_replies = await asyncio.gather(*v2_calls)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_serving_server.core.errors import ModelLoadError
-from mnist_serving_server.core.repository import list_versions, resolve_model
+from mnist_serving_server.core.repository import is_version_name, list_versions, model_names
 
 
 def make_version(repository: Path, model: str, folder: str, *, with_model: bool = True) -> Path:
@@ -36,29 +35,29 @@ def test_versions_are_integer_folders_holding_a_model_in_numeric_order(repositor
     assert list_versions(repository, "absent") == []
 
 
-def test_highest_version_is_chosen_by_default(repository: Path) -> None:
-    assert resolve_model(repository, "mnist") == (10, repository / "mnist" / "10" / "model.onnx")
+def test_model_names_are_visible_non_version_folders(repository: Path) -> None:
+    (repository / ".staging").mkdir()
+    (repository / "7").mkdir()
+    (repository / "notes.txt").write_text("a file")
+    assert model_names(repository) == ["mnist", "other"]
 
 
-def test_an_explicit_version_is_honoured(repository: Path) -> None:
-    assert resolve_model(repository, "mnist", 2) == (2, repository / "mnist" / "2" / "model.onnx")
+def test_a_missing_repository_has_no_models(tmp_path: Path) -> None:
+    assert model_names(tmp_path / "nowhere") == []
 
 
-def test_a_missing_version_names_the_path_and_the_choices(repository: Path) -> None:
-    with pytest.raises(ModelLoadError) as raised:
-        resolve_model(repository, "mnist", 11)
-    message = str(raised.value)
-    assert str(repository / "mnist" / "11" / "model.onnx") in message
-    assert "[1, 2, 10]" in message
-
-
-def test_a_missing_model_names_the_path(repository: Path) -> None:
-    with pytest.raises(ModelLoadError, match="no versions of model 'fashion'") as raised:
-        resolve_model(repository, "fashion")
-    assert str(repository / "fashion") in str(raised.value)
-
-
-def test_a_missing_repository_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError) as raised:
-        resolve_model(tmp_path / "nowhere", "mnist")
-    assert str(tmp_path / "nowhere" / "mnist") in str(raised.value)
+@pytest.mark.parametrize(
+    ("name", "is_version"),
+    [
+        ("1", True),
+        ("12", True),
+        ("0", True),
+        ("01", False),
+        ("1.0", False),
+        (".staging-3", False),
+        ("\u0661", False),
+        ("latest", False),
+    ],
+)
+def test_only_canonical_integers_are_versions(name: str, is_version: bool) -> None:
+    assert is_version_name(name) is is_version
