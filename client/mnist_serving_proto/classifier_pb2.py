@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mnist_serving_proto/classifier.proto\x12\x10mnist_serving.v1\"4\n\x05Image\x12\x10\n\x06pixels\x18\x01 \x01(\x0cH\x00\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"\x88\x01\n\x0f\x43lassifyRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.mnist_serving.v1.Image\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"0\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\r\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"t\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\r\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12+\n\x05top_k\x18\x04 \x03(\x0b\x32\x1c.mnist_serving.v1.ClassScore\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xac\x01\n\x10\x43lassifyResponse\x12\x31\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1c.mnist_serving.v1.Prediction\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.mnist_serving.v1.Error2\xbc\x01\n\nClassifier\x12Q\n\x08\x43lassify\x12!.mnist_serving.v1.ClassifyRequest\x1a\".mnist_serving.v1.ClassifyResponse\x12[\n\x0e\x43lassifyStream\x12!.mnist_serving.v1.ClassifyRequest\x1a\".mnist_serving.v1.ClassifyResponse(\x01\x30\x01\x42@P\x01Z<github.com/mnist-serving/mnist-serving/gen/go/mnistservingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mnist_serving_proto/classifier.proto\x12\x10mnist_serving.v1\"4\n\x05Image\x12\x10\n\x06pixels\x18\x01 \x01(\x0cH\x00\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"\x88\x01\n\x0f\x43lassifyRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.mnist_serving.v1.Image\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"D\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\r\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x12\n\nclass_name\x18\x03 \x01(\t\"\x88\x01\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\r\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12+\n\x05top_k\x18\x04 \x03(\x0b\x32\x1c.mnist_serving.v1.ClassScore\x12\x12\n\nclass_name\x18\x05 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xac\x01\n\x10\x43lassifyResponse\x12\x31\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1c.mnist_serving.v1.Prediction\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.mnist_serving.v1.Error2\xbc\x01\n\nClassifier\x12Q\n\x08\x43lassify\x12!.mnist_serving.v1.ClassifyRequest\x1a\".mnist_serving.v1.ClassifyResponse\x12[\n\x0e\x43lassifyStream\x12!.mnist_serving.v1.ClassifyRequest\x1a\".mnist_serving.v1.ClassifyResponse(\x01\x30\x01\x42@P\x01Z<github.com/mnist-serving/mnist-serving/gen/go/mnistservingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFYREQUEST']._serialized_start=113
   _globals['_CLASSIFYREQUEST']._serialized_end=249
   _globals['_CLASSSCORE']._serialized_start=251
-  _globals['_CLASSSCORE']._serialized_end=299
-  _globals['_PREDICTION']._serialized_start=301
-  _globals['_PREDICTION']._serialized_end=417
-  _globals['_ERROR']._serialized_start=419
-  _globals['_ERROR']._serialized_end=457
-  _globals['_CLASSIFYRESPONSE']._serialized_start=460
-  _globals['_CLASSIFYRESPONSE']._serialized_end=632
-  _globals['_CLASSIFIER']._serialized_start=635
-  _globals['_CLASSIFIER']._serialized_end=823
+  _globals['_CLASSSCORE']._serialized_end=319
+  _globals['_PREDICTION']._serialized_start=322
+  _globals['_PREDICTION']._serialized_end=458
+  _globals['_ERROR']._serialized_start=460
+  _globals['_ERROR']._serialized_end=498
+  _globals['_CLASSIFYRESPONSE']._serialized_start=501
+  _globals['_CLASSIFYRESPONSE']._serialized_end=673
+  _globals['_CLASSIFIER']._serialized_start=676
+  _globals['_CLASSIFIER']._serialized_end=864
 # @@protoc_insertion_point(module_scope)

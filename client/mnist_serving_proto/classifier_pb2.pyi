@@ -98,19 +98,25 @@ class ClassScore(_message.Message):
 
     LABEL_FIELD_NUMBER: _builtins.int
     PROBABILITY_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
     label: _builtins.int
     """The class index, 0-9."""
     probability: _builtins.float
     """Its probability in [0, 1]."""
+    class_name: _builtins.str
+    """The name of the class `label` from the model's metadata (its labels, e.g. "7" for MNIST,
+    "Sneaker" for Fashion-MNIST); empty when the model names no classes or the server is older.
+    """
     def __init__(
         self,
         *,
         label: _builtins.int = ...,
         probability: _builtins.float = ...,
+        class_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "probability", b"probability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "label", b"label", "probability", b"probability"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,10 +130,15 @@ class Prediction(_message.Message):
     PROBABILITY_FIELD_NUMBER: _builtins.int
     PROBABILITIES_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
     label: _builtins.int
     """The most probable class."""
     probability: _builtins.float
     """The probability of `label`."""
+    class_name: _builtins.str
+    """The name of the class `label` from the model's metadata (its labels, e.g. "7" for MNIST,
+    "Sneaker" for Fashion-MNIST); empty when the model names no classes or the server is older.
+    """
     @_builtins.property
     def probabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """All 10 class probabilities (softmax), indexed by class."""
@@ -143,10 +154,11 @@ class Prediction(_message.Message):
         probability: _builtins.float = ...,
         probabilities: _abc.Iterable[_builtins.float] | None = ...,
         top_k: _abc.Iterable[Global___ClassScore] | None = ...,
+        class_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "probabilities", b"probabilities", "probability", b"probability", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_name", b"class_name", "label", b"label", "probabilities", b"probabilities", "probability", b"probability", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

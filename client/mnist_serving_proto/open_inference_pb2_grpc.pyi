@@ -8,8 +8,12 @@ open_inference_grpc.proto and inference_grpc.md) plus Triton's ModelStreamInfer 
 extra InferParameter kinds (double, uint64). Package, service, message and field names AND
 field numbers are the protocol: clients written for Triton, KServe or MLServer (e.g.
 tritonclient[grpc]) talk to this service unchanged, so never renumber or rename anything here.
-The RPCs for model repository control and shared memory are not part of what we serve, so
-they are left out; a client that calls them gets UNIMPLEMENTED.
+Triton's extensions for model configuration, statistics and repository control
+(ModelConfig, ModelStatistics, RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload)
+are here with Triton's exact messages (grpc_service.proto); ModelConfig is in
+model_config.proto, a subset of Triton's file of that name.
+The RPCs for shared memory, tracing and log settings are not part of what we serve, so they
+are left out; a client that calls them gets UNIMPLEMENTED.
 What mnist-serving accepts and answers is documented in docs/v2_protocol.md.
 """
 
@@ -60,6 +64,16 @@ class GRPCInferenceServiceStub:
     response in order; a failed request is reported in that response's error_message and
     the stream goes on.
     """
+    ModelConfig: _grpc.UnaryUnaryMultiCallable[_open_inference_pb2.ModelConfigRequest, _open_inference_pb2.ModelConfigResponse]
+    """Triton's model configuration extension: one model's configuration."""
+    ModelStatistics: _grpc.UnaryUnaryMultiCallable[_open_inference_pb2.ModelStatisticsRequest, _open_inference_pb2.ModelStatisticsResponse]
+    """Triton's statistics extension: cumulative inference statistics per model version."""
+    RepositoryIndex: _grpc.UnaryUnaryMultiCallable[_open_inference_pb2.RepositoryIndexRequest, _open_inference_pb2.RepositoryIndexResponse]
+    """Triton's model repository extension: the models of the repository and their state."""
+    RepositoryModelLoad: _grpc.UnaryUnaryMultiCallable[_open_inference_pb2.RepositoryModelLoadRequest, _open_inference_pb2.RepositoryModelLoadResponse]
+    """Triton's model repository extension: load (or reload) a model of the repository."""
+    RepositoryModelUnload: _grpc.UnaryUnaryMultiCallable[_open_inference_pb2.RepositoryModelUnloadRequest, _open_inference_pb2.RepositoryModelUnloadResponse]
+    """Triton's model repository extension: unload a model; its requests then get NOT_FOUND."""
 
 @_typing.type_check_only
 class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
@@ -83,6 +97,16 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     response in order; a failed request is reported in that response's error_message and
     the stream goes on.
     """
+    ModelConfig: _aio.UnaryUnaryMultiCallable[_open_inference_pb2.ModelConfigRequest, _open_inference_pb2.ModelConfigResponse]  # type: ignore[assignment]
+    """Triton's model configuration extension: one model's configuration."""
+    ModelStatistics: _aio.UnaryUnaryMultiCallable[_open_inference_pb2.ModelStatisticsRequest, _open_inference_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
+    """Triton's statistics extension: cumulative inference statistics per model version."""
+    RepositoryIndex: _aio.UnaryUnaryMultiCallable[_open_inference_pb2.RepositoryIndexRequest, _open_inference_pb2.RepositoryIndexResponse]  # type: ignore[assignment]
+    """Triton's model repository extension: the models of the repository and their state."""
+    RepositoryModelLoad: _aio.UnaryUnaryMultiCallable[_open_inference_pb2.RepositoryModelLoadRequest, _open_inference_pb2.RepositoryModelLoadResponse]  # type: ignore[assignment]
+    """Triton's model repository extension: load (or reload) a model of the repository."""
+    RepositoryModelUnload: _aio.UnaryUnaryMultiCallable[_open_inference_pb2.RepositoryModelUnloadRequest, _open_inference_pb2.RepositoryModelUnloadResponse]  # type: ignore[assignment]
+    """Triton's model repository extension: unload a model; its requests then get NOT_FOUND."""
 
 class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The inference service of the Open Inference Protocol."""
@@ -145,5 +169,45 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         response in order; a failed request is reported in that response's error_message and
         the stream goes on.
         """
+
+    @_abc_1.abstractmethod
+    def ModelConfig(
+        self,
+        request: _open_inference_pb2.ModelConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_inference_pb2.ModelConfigResponse, _abc.Awaitable[_open_inference_pb2.ModelConfigResponse]]:
+        """Triton's model configuration extension: one model's configuration."""
+
+    @_abc_1.abstractmethod
+    def ModelStatistics(
+        self,
+        request: _open_inference_pb2.ModelStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_inference_pb2.ModelStatisticsResponse, _abc.Awaitable[_open_inference_pb2.ModelStatisticsResponse]]:
+        """Triton's statistics extension: cumulative inference statistics per model version."""
+
+    @_abc_1.abstractmethod
+    def RepositoryIndex(
+        self,
+        request: _open_inference_pb2.RepositoryIndexRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_inference_pb2.RepositoryIndexResponse, _abc.Awaitable[_open_inference_pb2.RepositoryIndexResponse]]:
+        """Triton's model repository extension: the models of the repository and their state."""
+
+    @_abc_1.abstractmethod
+    def RepositoryModelLoad(
+        self,
+        request: _open_inference_pb2.RepositoryModelLoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_inference_pb2.RepositoryModelLoadResponse, _abc.Awaitable[_open_inference_pb2.RepositoryModelLoadResponse]]:
+        """Triton's model repository extension: load (or reload) a model of the repository."""
+
+    @_abc_1.abstractmethod
+    def RepositoryModelUnload(
+        self,
+        request: _open_inference_pb2.RepositoryModelUnloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_open_inference_pb2.RepositoryModelUnloadResponse, _abc.Awaitable[_open_inference_pb2.RepositoryModelUnloadResponse]]:
+        """Triton's model repository extension: unload a model; its requests then get NOT_FOUND."""
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
