@@ -14,6 +14,7 @@ from mnist_serving_client.connection import DEFAULT_TARGET, RetryPolicy, TlsConf
 from mnist_serving_client.errors import (
     CallCancelledError,
     DeadlineExceededError,
+    FailedPreconditionError,
     InvalidInputError,
     MnistServingError,
     NotFoundError,
@@ -27,6 +28,7 @@ from mnist_serving_client.health import ServingStatus
 from mnist_serving_client.inputs import ImageInput, ImagesInput
 from mnist_serving_client.model_metadata import ModelMetadata, TensorMetadata
 from mnist_serving_client.prediction import Prediction
+from mnist_serving_client.repository import RepositoryModel
 from mnist_serving_client.sync_client import Client
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "CallCancelledError",
     "Client",
     "DeadlineExceededError",
+    "FailedPreconditionError",
     "ImageInput",
     "ImagesInput",
     "InvalidInputError",
@@ -44,6 +47,7 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "Prediction",
+    "RepositoryModel",
     "RetryPolicy",
     "ServerError",
     "ServingStatus",

@@ -34,6 +34,12 @@ from mnist_serving_client.model_metadata import (
     model_metadata_request,
 )
 from mnist_serving_client.prediction import Prediction, predictions_from_response
+from mnist_serving_client.repository import (
+    RepositoryModel,
+    repository_index_request,
+    repository_model_request,
+    repository_models_from_response,
+)
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 
 
@@ -66,12 +72,34 @@ class AsyncClient(ClientBase):
             request_serializer=wire_messages.serialize,
             response_deserializer=wire_messages.parse_model_metadata_response,
         )
+        self._repository_index = self._channel.unary_unary(
+            wire_messages.REPOSITORY_INDEX_METHOD,
+            request_serializer=wire_messages.serialize,
+            response_deserializer=wire_messages.parse_repository_index_response,
+        )
+        self._repository_load = self._channel.unary_unary(
+            wire_messages.REPOSITORY_MODEL_LOAD_METHOD,
+            request_serializer=wire_messages.serialize,
+            response_deserializer=wire_messages.parse_empty_response,
+        )
+        self._repository_unload = self._channel.unary_unary(
+            wire_messages.REPOSITORY_MODEL_UNLOAD_METHOD,
+            request_serializer=wire_messages.serialize,
+            response_deserializer=wire_messages.parse_empty_response,
+        )
 
     async def classify(
-        self, images: ImagesInput, top_k: int | None = None, *, timeout_s: float | None = None
+        self,
+        images: ImagesInput,
+        top_k: int | None = None,
+        *,
+        model: str | None = None,
+        model_version: str | None = None,
+        timeout_s: float | None = None,
     ) -> list[Prediction]:
         """Classify every image, in order (see `Client.classify`)."""
-        requests = self._classify_requests(images, top_k)
+        target = self._model_target(model, model_version)
+        requests = self._classify_requests(images, top_k, target)
         deadline = self._deadline(timeout_s)
         predictions: list[Prediction] = []
         for request in requests:
@@ -80,10 +108,16 @@ class AsyncClient(ClientBase):
         return predictions
 
     async def classify_one(
-        self, image: ImageInput, top_k: int | None = None, *, timeout_s: float | None = None
+        self,
+        image: ImageInput,
+        top_k: int | None = None,
+        *,
+        model: str | None = None,
+        model_version: str | None = None,
+        timeout_s: float | None = None,
     ) -> Prediction:
         """Classify exactly one image (see `Client.classify_one`)."""
-        request = self._one_request(image, top_k)
+        request = self._one_request(image, top_k, self._model_target(model, model_version))
         timeout = remaining_s(self._deadline(timeout_s))
         response = await self._unary(self._classifier.Classify, request, timeout)
         return predictions_from_response(response, 1)[0]
@@ -94,6 +128,8 @@ class AsyncClient(ClientBase):
         top_k: int | None = None,
         *,
         images_per_request: int = DEFAULT_STREAM_IMAGES_PER_REQUEST,
+        model: str | None = None,
+        model_version: str | None = None,
         timeout_s: float | None = None,
     ) -> AsyncIterator[Prediction]:
         """Classify a (async) iterable of single images over one stream, in order.
@@ -102,7 +138,8 @@ class AsyncClient(ClientBase):
         iterator (`contextlib.aclosing`) so the stream is cancelled at once.
         """
         self._check_open()
-        builder = StreamRequestBuilder(self, top_k, images_per_request)
+        target = self._model_target(model, model_version)
+        builder = StreamRequestBuilder(self, top_k, images_per_request, target)
         return self._stream(images, builder, self._stream_timeout(timeout_s))
 
     async def _stream(
@@ -161,17 +198,38 @@ class AsyncClient(ClientBase):
 
     async def metadata(
         self,
-        model_name: str | None = None,
+        model: str | None = None,
         model_version: str | None = None,
         *,
         timeout_s: float | None = None,
     ) -> ModelMetadata:
-        """The model's metadata (KServe V2 ModelMetadata): versions, platform, tensors."""
-        name, version = self._metadata_target(model_name, model_version)
+        """The model's metadata (see `Client.metadata`)."""
+        target = self._metadata_target(model, model_version)
         timeout = remaining_s(self._deadline(timeout_s))
-        request = model_metadata_request(name, version)
+        request = model_metadata_request(target.name, target.version)
         response = await self._unary(self._model_metadata, request, timeout)
         return model_metadata_from_response(response)
+
+    async def models(
+        self, *, ready_only: bool = False, timeout_s: float | None = None
+    ) -> list[RepositoryModel]:
+        """The server's model repository (see `Client.models`)."""
+        timeout = remaining_s(self._deadline(timeout_s))
+        request = repository_index_request(ready_only)
+        response = await self._unary(self._repository_index, request, timeout)
+        return repository_models_from_response(response)
+
+    async def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
+        """Load (or reload) a model of the server's repository (see `Client.load_model`)."""
+        request = repository_model_request(model)
+        timeout = remaining_s(self._deadline(timeout_s))
+        await self._unary(self._repository_load, request, timeout)
+
+    async def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
+        """Unload a model (see `Client.unload_model`)."""
+        request = repository_model_request(model)
+        timeout = remaining_s(self._deadline(timeout_s))
+        await self._unary(self._repository_unload, request, timeout)
 
     async def close(self) -> None:
         """Close the connection; calls in progress are cancelled. Safe to call twice."""

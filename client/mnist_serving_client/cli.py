@@ -1,4 +1,5 @@
-"""`mnist-client`: classify image files, check health and read model metadata from a shell.
+"""`mnist-client`: classify image files, check health, read model metadata and manage the
+server's model repository (list, load, unload) from a shell.
 
 Exit codes: 0 success; 1 the server failed the call (its message on stderr) or is not
 serving; 2 usage error (bad flags, unreadable or non-PNG/JPEG files).
@@ -16,6 +17,7 @@ from typing import Any
 from mnist_serving_client.connection import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, TlsConfig
 from mnist_serving_client.errors import MnistServingError
 from mnist_serving_client.prediction import NUM_CLASSES, Prediction
+from mnist_serving_client.repository import RepositoryModel
 from mnist_serving_client.sync_client import Client
 
 EXIT_OK = 0
@@ -24,6 +26,8 @@ EXIT_USAGE = 2
 TARGET_ENV = "MNIST_SERVING_TARGET"
 TOKEN_ENV = "MNIST_SERVING_TOKEN"
 JSON_INDENT = 2
+TABLE_COLUMNS = ("NAME", "VERSION", "STATE", "REASON")
+TABLE_GAP = "  "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_connection_options(metadata, suppress_defaults=True)
     metadata.set_defaults(run=_run_metadata)
+
+    models = commands.add_parser(
+        "models", help="list the server's model repository",
+        description="List every model version of the server's repository with its state "
+        "(READY, UNAVAILABLE, LOADING, UNLOADING) and why it is not ready.",
+    )  # fmt: skip
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument("--ready", action="store_true", help="list only the READY models")
+    _add_connection_options(models, suppress_defaults=True)
+    models.set_defaults(run=_run_models)
+
+    load = commands.add_parser(
+        "load", help="load (or reload) a model of the repository",
+        description="Load (or reload) a model of the server's repository; exit 0 once loaded.",
+    )  # fmt: skip
+    load.add_argument("name", metavar="NAME", help="the model's name")
+    _add_connection_options(load, suppress_defaults=True)
+    load.set_defaults(run=_run_load)
+
+    unload = commands.add_parser(
+        "unload", help="unload a model",
+        description="Unload a model; its requests then fail with NOT_FOUND until it is loaded.",
+    )  # fmt: skip
+    unload.add_argument("name", metavar="NAME", help="the model's name")
+    _add_connection_options(unload, suppress_defaults=True)
+    unload.set_defaults(run=_run_unload)
     return parser
 
 
@@ -98,8 +128,14 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress_default
         "--timeout", type=float, default=default(DEFAULT_TIMEOUT_S), metavar="SECONDS",
         help=f"deadline of each call (default {DEFAULT_TIMEOUT_S:g})",
     )  # fmt: skip
-    group.add_argument("--model-name", default=default(""), help="model (default: the server's)")
-    group.add_argument("--model-version", default=default(""), help="version (default: latest)")
+    group.add_argument(
+        "--model", "--model-name", dest="model_name", default=default(""), metavar="NAME",
+        help="model to classify with or describe (default: the server's)",
+    )  # fmt: skip
+    group.add_argument(
+        "--model-version", default=default(""), metavar="VERSION",
+        help="model version (default: the latest)",
+    )  # fmt: skip
     group.add_argument(
         "--tls", action="store_true", default=default(False),
         help="use TLS (implied by the other TLS flags)",
@@ -154,7 +190,10 @@ def _run_classify(client: Client, args: argparse.Namespace) -> int:
 
 
 def _describe(file: str, prediction: Prediction) -> str:
-    line = f"{file}: {prediction.label} (confidence {prediction.confidence:.4f})"
+    line = f"{file}: {prediction.label}"
+    if prediction.class_name and prediction.class_name != str(prediction.label):
+        line += f" {prediction.class_name}"
+    line += f" (confidence {prediction.confidence:.4f})"
     if prediction.top_k:
         ranked = ", ".join(f"{label}={prob:.4f}" for label, prob in prediction.top_k)
         line += f" top-{len(prediction.top_k)}: {ranked}"
@@ -170,6 +209,37 @@ def _run_health(client: Client, args: argparse.Namespace) -> int:
 def _run_metadata(client: Client, args: argparse.Namespace) -> int:
     metadata = client.metadata()
     print(json.dumps(metadata.to_dict(), indent=JSON_INDENT))
+    return EXIT_OK
+
+
+def _run_models(client: Client, args: argparse.Namespace) -> int:
+    models = client.models(ready_only=args.ready)
+    if args.json:
+        print(json.dumps([model.to_dict() for model in models], indent=JSON_INDENT))
+    else:
+        print(format_models_table(models))
+    return EXIT_OK
+
+
+def format_models_table(models: Sequence[RepositoryModel]) -> str:
+    """NAME / VERSION / STATE / REASON columns, left-aligned, a header line first."""
+    rows = [TABLE_COLUMNS] + [(m.name, m.version, m.state, m.reason) for m in models]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(TABLE_COLUMNS))]
+    return "\n".join(
+        TABLE_GAP.join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _run_load(client: Client, args: argparse.Namespace) -> int:
+    client.load_model(args.name)
+    print(f"loaded {args.name}")
+    return EXIT_OK
+
+
+def _run_unload(client: Client, args: argparse.Namespace) -> int:
+    client.unload_model(args.name)
+    print(f"unloaded {args.name}")
     return EXIT_OK
 
 

@@ -47,6 +47,14 @@ DEFAULT_STREAM_IMAGES_PER_REQUEST = 1
 
 
 @dataclass(frozen=True)
+class ModelTarget:
+    """The model and version one call asks for ("" = the server's default / latest)."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
 class PendingRequest:
     """A request sent on a stream, waiting for its reply."""
 
@@ -83,6 +91,8 @@ class ClientBase:
             timeout_s: deadline of each method call (all its requests and retries).
             stream_timeout_s: deadline of a whole `classify_stream`; None = no deadline.
             model_name, model_version: which model to ask for; "" = the server's default.
+                Every call that targets a model also takes `model=` / `model_version=`,
+                which override these for that call.
             max_images_per_request: larger inputs are split into requests of at most this
                 many images (the server's --max-images-per-request).
             stream_window: requests a stream keeps in flight before waiting for replies.
@@ -131,37 +141,58 @@ class ClientBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._settings.target!r})"
 
+    def _model_target(self, model: str | None, model_version: str | None) -> ModelTarget:
+        """The (model, version) a call asks for: the call's own, else the client's defaults.
+
+        `model=None` means the client's `model_name`; `model_version=None` means the client's
+        `model_version` for the client's own model, and the latest version ("") for any
+        other model: a version number belongs to one model. "" asks for the server's
+        default model, or its latest version.
+        """
+        for argument, value in (("model", model), ("model_version", model_version)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInputError(f"{argument} must be a string or None, got {value!r}")
+        settings = self._settings
+        if model is None or model == settings.model_name:
+            version = settings.model_version if model_version is None else model_version
+            return ModelTarget(settings.model_name, version)
+        return ModelTarget(model, model_version or "")
+
     def _classify_requests(
-        self, images: ImagesInput, top_k: int | None
+        self, images: ImagesInput, top_k: int | None, target: ModelTarget
     ) -> list[classifier_pb2.ClassifyRequest]:
         checked_top_k = _checked_top_k(top_k)
         wire_images = encode_images(images)
         return [
-            self._request(chunk, checked_top_k, request_id="")
+            self._request(chunk, checked_top_k, "", target)
             for chunk in split_requests(wire_images, self._settings.max_images_per_request)
         ]
 
-    def _one_request(self, image: ImageInput, top_k: int | None) -> classifier_pb2.ClassifyRequest:
-        return self._request([encode_single_image(image)], _checked_top_k(top_k), request_id="")
+    def _one_request(
+        self, image: ImageInput, top_k: int | None, target: ModelTarget
+    ) -> classifier_pb2.ClassifyRequest:
+        return self._request([encode_single_image(image)], _checked_top_k(top_k), "", target)
 
     def _request(
-        self, images: list[classifier_pb2.Image], top_k: int, request_id: str
+        self,
+        images: list[classifier_pb2.Image],
+        top_k: int,
+        request_id: str,
+        target: ModelTarget,
     ) -> classifier_pb2.ClassifyRequest:
         # `top_k` already checked: 0 asks for no top-k list.
         return classifier_pb2.ClassifyRequest(
             images=images,
-            model_name=self._settings.model_name,
-            model_version=self._settings.model_version,
+            model_name=target.name,
+            model_version=target.version,
             top_k=top_k,
             request_id=request_id,
         )
 
-    def _metadata_target(
-        self, model_name: str | None, model_version: str | None
-    ) -> tuple[str, str]:
-        name = model_name or self._settings.model_name or DEFAULT_MODEL_NAME
-        version = self._settings.model_version if model_version is None else model_version
-        return name, version
+    def _metadata_target(self, model: str | None, model_version: str | None) -> ModelTarget:
+        # ModelMetadata needs a model name: the server's default is "mnist".
+        target = self._model_target(model, model_version)
+        return ModelTarget(target.name or DEFAULT_MODEL_NAME, target.version)
 
     def _deadline(self, timeout_s: float | None) -> float:
         return time.monotonic() + (self._settings.timeout_s if timeout_s is None else timeout_s)
@@ -181,10 +212,17 @@ class ClientBase:
 class StreamRequestBuilder:
     """Groups a stream's images into requests of `images_per_request`, numbering them."""
 
-    def __init__(self, client: ClientBase, top_k: int | None, images_per_request: int) -> None:
+    def __init__(
+        self,
+        client: ClientBase,
+        top_k: int | None,
+        images_per_request: int,
+        target: ModelTarget,
+    ) -> None:
         if images_per_request < 1:
             raise ValueError(f"images_per_request must be >= 1, got {images_per_request}")
         self._client = client
+        self._target = target
         self._top_k = _checked_top_k(top_k)
         self._images_per_request = images_per_request
         self._chunk: list[classifier_pb2.Image] = []
@@ -204,7 +242,7 @@ class StreamRequestBuilder:
         if not self._chunk:
             return None
         request_id = str(self._sequence)
-        request = self._client._request(self._chunk, self._top_k, request_id)
+        request = self._client._request(self._chunk, self._top_k, request_id, self._target)
         pending = PendingRequest(request_id, len(self._chunk))
         self._chunk, self._sequence = [], self._sequence + 1
         return pending, request

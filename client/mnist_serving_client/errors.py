@@ -37,6 +37,12 @@ class NotFoundError(MnistServingError):
     """The server does not serve the requested model or version (NOT_FOUND)."""
 
 
+class FailedPreconditionError(MnistServingError):
+    """The server refuses the call in its present state or configuration
+    (FAILED_PRECONDITION): e.g. loading or unloading models while the server's model control
+    is off (`--model-control-mode none`), or Classify on a model that is not a classifier."""
+
+
 class OverloadedError(MnistServingError):
     """The server shed the request because its queue is full (RESOURCE_EXHAUSTED).
 
@@ -72,6 +78,7 @@ ERROR_CLASS_BY_STATUS: dict[grpc.StatusCode, type[MnistServingError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidInputError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,

@@ -25,15 +25,21 @@ class Prediction:
         probabilities: all 10 class probabilities (float32, read-only), indexed by digit.
         top_k: the `top_k` most probable (digit, probability) pairs, most probable first;
             empty unless `top_k` was asked for.
+        class_name: the name of class `label` in the model's metadata (e.g. "7" for MNIST,
+            "Sneaker" for Fashion-MNIST); "" when the server sends none.
     """
 
     label: int
     confidence: float
     probabilities: np.ndarray[Any, np.dtype[np.float32]]
     top_k: tuple[tuple[int, float], ...] = ()
+    class_name: str = ""
 
     def __repr__(self) -> str:
-        text = f"Prediction(label={self.label}, confidence={self.confidence:.{REPR_DIGITS}f}"
+        text = f"Prediction(label={self.label}"
+        if self.class_name and self.class_name != str(self.label):
+            text += f", class_name={self.class_name!r}"
+        text += f", confidence={self.confidence:.{REPR_DIGITS}f}"
         if self.top_k:
             pairs = ", ".join(f"({label}, {prob:.{REPR_DIGITS}f})" for label, prob in self.top_k)
             text += f", top_k=({pairs})"
@@ -45,6 +51,7 @@ class Prediction:
         return (
             self.label == other.label
             and self.confidence == other.confidence
+            and self.class_name == other.class_name
             and self.top_k == other.top_k
             and np.array_equal(self.probabilities, other.probabilities)
         )
@@ -54,11 +61,11 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the CLI's `--json` output uses it)."""
-        result: dict[str, Any] = {
-            "label": self.label,
-            "confidence": self.confidence,
-            "probabilities": [float(p) for p in self.probabilities],
-        }
+        result: dict[str, Any] = {"label": self.label}
+        if self.class_name:
+            result["class_name"] = self.class_name
+        result["confidence"] = self.confidence
+        result["probabilities"] = [float(p) for p in self.probabilities]
         if self.top_k:
             result["top_k"] = [{"label": label, "probability": p} for label, p in self.top_k]
         return result
@@ -77,6 +84,7 @@ def prediction_from_proto(message: classifier_pb2.Prediction) -> Prediction:
         confidence=float(message.probability),
         probabilities=probabilities,
         top_k=tuple((int(score.label), float(score.probability)) for score in message.top_k),
+        class_name=str(message.class_name),
     )
 
 

@@ -33,6 +33,12 @@ from mnist_serving_client.model_metadata import (
     model_metadata_request,
 )
 from mnist_serving_client.prediction import Prediction, predictions_from_response
+from mnist_serving_client.repository import (
+    RepositoryModel,
+    repository_index_request,
+    repository_model_request,
+    repository_models_from_response,
+)
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 
 # How often a stream's request thread, waiting for a free window slot, checks whether the
@@ -69,18 +75,42 @@ class Client(ClientBase):
             request_serializer=wire_messages.serialize,
             response_deserializer=wire_messages.parse_model_metadata_response,
         )
+        self._repository_index = self._channel.unary_unary(
+            wire_messages.REPOSITORY_INDEX_METHOD,
+            request_serializer=wire_messages.serialize,
+            response_deserializer=wire_messages.parse_repository_index_response,
+        )
+        self._repository_load = self._channel.unary_unary(
+            wire_messages.REPOSITORY_MODEL_LOAD_METHOD,
+            request_serializer=wire_messages.serialize,
+            response_deserializer=wire_messages.parse_empty_response,
+        )
+        self._repository_unload = self._channel.unary_unary(
+            wire_messages.REPOSITORY_MODEL_UNLOAD_METHOD,
+            request_serializer=wire_messages.serialize,
+            response_deserializer=wire_messages.parse_empty_response,
+        )
 
     def classify(
-        self, images: ImagesInput, top_k: int | None = None, *, timeout_s: float | None = None
+        self,
+        images: ImagesInput,
+        top_k: int | None = None,
+        *,
+        model: str | None = None,
+        model_version: str | None = None,
+        timeout_s: float | None = None,
     ) -> list[Prediction]:
         """Classify every image, in order.
 
         `images`: a numpy array (28x28, Nx28x28 or Nx1x28x28; uint8 or float in [0, 1]), a
         PIL image, a PNG/JPEG file path or bytes, or an iterable of any of them. Inputs
         larger than `max_images_per_request` go as several requests, reassembled in order.
-        `top_k` (1-10) also fills each prediction's `top_k`.
+        `top_k` (1-10) also fills each prediction's `top_k`. `model` / `model_version`
+        choose the model for this call (None: the client's `model_name` / `model_version`;
+        a version given with the client's model only, else the latest).
         """
-        requests = self._classify_requests(images, top_k)
+        target = self._model_target(model, model_version)
+        requests = self._classify_requests(images, top_k, target)
         deadline = self._deadline(timeout_s)
         predictions: list[Prediction] = []
         for request in requests:
@@ -89,10 +119,16 @@ class Client(ClientBase):
         return predictions
 
     def classify_one(
-        self, image: ImageInput, top_k: int | None = None, *, timeout_s: float | None = None
+        self,
+        image: ImageInput,
+        top_k: int | None = None,
+        *,
+        model: str | None = None,
+        model_version: str | None = None,
+        timeout_s: float | None = None,
     ) -> Prediction:
         """Classify exactly one image (any single-image form `classify` accepts)."""
-        request = self._one_request(image, top_k)
+        request = self._one_request(image, top_k, self._model_target(model, model_version))
         timeout = remaining_s(self._deadline(timeout_s))
         response = self._unary(self._classifier.Classify, request, timeout)
         return predictions_from_response(response, 1)[0]
@@ -103,6 +139,8 @@ class Client(ClientBase):
         top_k: int | None = None,
         *,
         images_per_request: int = DEFAULT_STREAM_IMAGES_PER_REQUEST,
+        model: str | None = None,
+        model_version: str | None = None,
         timeout_s: float | None = None,
     ) -> Iterator[Prediction]:
         """Classify an iterable of single images over one bidirectional stream.
@@ -111,11 +149,13 @@ class Client(ClientBase):
         being sent. At most `stream_window` requests are in flight, and images are read
         from `images` only as the window allows, so memory stays bounded however long
         the iterable is. A per-request error raises its exception after the predictions
-        before it. `timeout_s` bounds the whole stream (default: `stream_timeout_s`).
+        before it. `timeout_s` bounds the whole stream (default: `stream_timeout_s`);
+        `model` / `model_version` as in `classify`.
         """
         self._check_open()
         # Validate the arguments now, not at the first next().
-        builder = StreamRequestBuilder(self, top_k, images_per_request)
+        target = self._model_target(model, model_version)
+        builder = StreamRequestBuilder(self, top_k, images_per_request, target)
         return self._stream(images, builder, self._stream_timeout(timeout_s))
 
     def _stream(
@@ -176,16 +216,46 @@ class Client(ClientBase):
 
     def metadata(
         self,
-        model_name: str | None = None,
+        model: str | None = None,
         model_version: str | None = None,
         *,
         timeout_s: float | None = None,
     ) -> ModelMetadata:
-        """The model's metadata (KServe V2 ModelMetadata): versions, platform, tensors."""
-        name, version = self._metadata_target(model_name, model_version)
+        """The model's metadata (KServe V2 ModelMetadata): versions, platform, tensors.
+
+        `model` / `model_version` as in `classify`; no model at all means "mnist", the
+        server's default.
+        """
+        target = self._metadata_target(model, model_version)
         timeout = remaining_s(self._deadline(timeout_s))
-        response = self._unary(self._model_metadata, model_metadata_request(name, version), timeout)
+        request = model_metadata_request(target.name, target.version)
+        response = self._unary(self._model_metadata, request, timeout)
         return model_metadata_from_response(response)
+
+    def models(
+        self, *, ready_only: bool = False, timeout_s: float | None = None
+    ) -> list[RepositoryModel]:
+        """The server's model repository (Triton's RepositoryIndex): one `RepositoryModel`
+        (name, version, state, reason) per model version, loaded or not; with `ready_only`,
+        only those that are READY."""
+        timeout = remaining_s(self._deadline(timeout_s))
+        request = repository_index_request(ready_only)
+        response = self._unary(self._repository_index, request, timeout)
+        return repository_models_from_response(response)
+
+    def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
+        """Load (or reload) `model` from the server's repository (RepositoryModelLoad);
+        returns once it is loaded. Raises NotFoundError for a model the repository does
+        not hold, FailedPreconditionError when the server's model control is off."""
+        request = repository_model_request(model)
+        self._unary(self._repository_load, request, remaining_s(self._deadline(timeout_s)))
+
+    def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
+        """Unload `model` (RepositoryModelUnload): its requests then fail with NotFoundError
+        until it is loaded again. Raises FailedPreconditionError when the server's model
+        control is off."""
+        request = repository_model_request(model)
+        self._unary(self._repository_unload, request, remaining_s(self._deadline(timeout_s)))
 
     def close(self) -> None:
         """Close the connection; calls in progress are cancelled. Safe to call twice."""

@@ -1,4 +1,5 @@
-"""The few foreign protobuf messages the SDK sends: health checks and V2 model metadata.
+"""The few foreign protobuf messages the SDK sends: health checks, V2 model metadata and
+Triton's model repository extension (RepositoryIndex, RepositoryModelLoad/Unload).
 
 They are built in a PRIVATE descriptor pool instead of importing `grpc_health` (not a
 dependency of the SDK) or our generated `open_inference_pb2`: the latter registers
@@ -6,9 +7,11 @@ dependency of the SDK) or our generated `open_inference_pb2`: the latter registe
 names in one process. A private pool never registers anything globally, so the SDK can be
 imported next to tritonclient, grpc_health or the server itself.
 
-Field names and numbers are those of `grpc/health/v1/health.proto` and of the KServe V2
-(Open Inference Protocol) `ModelMetadata` messages; tests/unit/client checks the bytes
-against the real generated classes.
+Field names and numbers are those of `grpc/health/v1/health.proto`, of the KServe V2
+(Open Inference Protocol) `ModelMetadata` messages and of Triton's repository messages
+(proto/open_inference.proto); tests/unit/client checks the bytes against the real generated
+classes. The repository requests leave out Triton's `parameters` map, which the SDK never
+sends (a message without a field is the same bytes as one with the field unset).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from google.protobuf.message import Message
 
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 MODEL_METADATA_METHOD = "/inference.GRPCInferenceService/ModelMetadata"
+REPOSITORY_INDEX_METHOD = "/inference.GRPCInferenceService/RepositoryIndex"
+REPOSITORY_MODEL_LOAD_METHOD = "/inference.GRPCInferenceService/RepositoryModelLoad"
+REPOSITORY_MODEL_UNLOAD_METHOD = "/inference.GRPCInferenceService/RepositoryModelUnload"
 
 _FIELD = descriptor_pb2.FieldDescriptorProto
 _OPTIONAL = _FIELD.LABEL_OPTIONAL
@@ -73,6 +79,37 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
             _field("outputs", 5, _FIELD.TYPE_MESSAGE, _REPEATED, type_name=tensor_type),
         ],
     )
+    file_proto.message_type.add(
+        name="RepositoryIndexRequest",
+        field=[
+            _field("repository_name", 1, _FIELD.TYPE_STRING),
+            _field("ready", 2, _FIELD.TYPE_BOOL),
+        ],
+    )
+    file_proto.message_type.add(
+        name="ModelIndex",
+        field=[
+            _field("name", 1, _FIELD.TYPE_STRING),
+            _field("version", 2, _FIELD.TYPE_STRING),
+            _field("state", 3, _FIELD.TYPE_STRING),
+            _field("reason", 4, _FIELD.TYPE_STRING),
+        ],
+    )
+    index_type = ".mnist_serving_client.private.ModelIndex"
+    file_proto.message_type.add(
+        name="RepositoryIndexResponse",
+        field=[_field("models", 1, _FIELD.TYPE_MESSAGE, _REPEATED, type_name=index_type)],
+    )
+    # RepositoryModelLoadRequest and RepositoryModelUnloadRequest have the same fields.
+    file_proto.message_type.add(
+        name="RepositoryModelRequest",
+        field=[
+            _field("repository_name", 1, _FIELD.TYPE_STRING),
+            _field("model_name", 2, _FIELD.TYPE_STRING),
+        ],
+    )
+    # ... and both replies are empty.
+    file_proto.message_type.add(name="Empty")
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file_proto)
     return pool
@@ -90,6 +127,10 @@ HealthCheckRequest = _message_class("HealthCheckRequest")
 HealthCheckResponse = _message_class("HealthCheckResponse")
 ModelMetadataRequest = _message_class("ModelMetadataRequest")
 ModelMetadataResponse = _message_class("ModelMetadataResponse")
+RepositoryIndexRequest = _message_class("RepositoryIndexRequest")
+RepositoryIndexResponse = _message_class("RepositoryIndexResponse")
+RepositoryModelRequest = _message_class("RepositoryModelRequest")
+Empty = _message_class("Empty")
 
 
 def serialize(message: Message) -> bytes:
@@ -103,3 +144,12 @@ def parse_health_response(data: bytes) -> Any:
 
 def parse_model_metadata_response(data: bytes) -> Any:
     return ModelMetadataResponse.FromString(data)
+
+
+def parse_repository_index_response(data: bytes) -> Any:
+    return RepositoryIndexResponse.FromString(data)
+
+
+def parse_empty_response(data: bytes) -> Any:
+    """RepositoryModelLoadResponse / RepositoryModelUnloadResponse (no fields)."""
+    return Empty.FromString(data)

@@ -129,5 +129,79 @@ def test_unreachable_server_exits_1(model_repository):
 def test_help_lists_commands_and_flags():
     result = run_cli("--help")
     assert result.returncode == EXIT_OK
-    for word in ("classify", "health", "metadata", "--target", "--token-file", "--ca-file"):
+    for word in (
+        "classify",
+        "health",
+        "metadata",
+        "models",
+        "load",
+        "unload",
+        "--target",
+        "--model",
+        "--model-version",
+        "--token-file",
+        "--ca-file",
+    ):
         assert word in result.stdout
+
+
+# --- the model repository (Triton's repository extension) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def explicit_server(model_repository: Path) -> Iterator[ServerProcess]:
+    """A server whose models clients may load and unload."""
+    with start_server_process(model_repository, "--model-control-mode", "explicit") as process:
+        yield process
+
+
+def test_models_table_and_json(explicit_server):
+    assert run_cli("--target", explicit_server.target, "load", "mnist").returncode == EXIT_OK
+    result = run_cli("--target", explicit_server.target, "models")
+    assert result.returncode == EXIT_OK, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["NAME", "VERSION", "STATE", "REASON"]
+    assert ["mnist", "1", "READY"] in [row.split() for row in rows]
+
+    result = run_cli("models", "--json", "--target", explicit_server.target)
+    assert result.returncode == EXIT_OK, result.stderr
+    entries = json.loads(result.stdout)
+    assert {"name": "mnist", "version": "1", "state": "READY", "reason": ""} in entries
+
+
+def test_unload_classify_load(explicit_server):
+    target = ("--target", explicit_server.target)
+    digit = str(DIGIT_FILES[3])
+    result = run_cli(*target, "unload", "mnist")
+    assert (result.returncode, result.stdout) == (EXIT_OK, "unloaded mnist\n"), result.stderr
+    result = run_cli(*target, "classify", "--model", "mnist", digit)
+    assert result.returncode == EXIT_SERVER_ERROR
+    assert result.stderr.startswith("mnist-client: NOT_FOUND: ")
+    ready = json.loads(run_cli(*target, "models", "--json", "--ready").stdout)
+    assert all(entry["name"] != "mnist" for entry in ready)
+
+    result = run_cli(*target, "load", "mnist")
+    assert (result.returncode, result.stdout) == (EXIT_OK, "loaded mnist\n"), result.stderr
+    result = run_cli(*target, "classify", "--model", "mnist", "--model-version", "1", digit)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout.startswith(f"{digit}: 3 (confidence ")
+
+
+def test_loading_an_unknown_model_exits_1(explicit_server):
+    result = run_cli("--target", explicit_server.target, "load", "no-such-model")
+    assert result.returncode == EXIT_SERVER_ERROR
+    assert result.stderr.startswith("mnist-client: NOT_FOUND: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_model_control_none_exits_1(model_repository):
+    with start_server_process(model_repository, "--model-control-mode", "none") as process:
+        result = run_cli("--target", process.target, "unload", "mnist")
+    assert result.returncode == EXIT_SERVER_ERROR
+    assert result.stderr.startswith("mnist-client: FAILED_PRECONDITION: ")
+
+
+def test_load_without_a_name_exits_2():
+    result = run_cli("load")
+    assert result.returncode == EXIT_USAGE
+    assert "NAME" in result.stderr

@@ -43,7 +43,8 @@ STATUS_CLASSES = [
     (grpc.StatusCode.UNAUTHENTICATED, errors.UnauthenticatedError),
     (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDeniedError),
     (grpc.StatusCode.INTERNAL, errors.ServerError),
-    (grpc.StatusCode.FAILED_PRECONDITION, errors.MnistServingError),
+    (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPreconditionError),
+    (grpc.StatusCode.ABORTED, errors.MnistServingError),
 ]
 
 

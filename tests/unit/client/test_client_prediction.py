@@ -62,3 +62,21 @@ def test_to_dict_is_json_ready():
     assert as_dict["label"] == 2
     assert as_dict["top_k"] == [{"label": 2, "probability": pytest.approx(0.9)}]
     assert len(as_dict["probabilities"]) == 10
+
+
+def test_class_name_from_the_wire():
+    message = wire_prediction()
+    assert prediction_from_proto(message).class_name == ""  # a server that sends none
+    message.class_name = "Pullover"
+    prediction = prediction_from_proto(message)
+    assert prediction.class_name == "Pullover"
+    assert repr(prediction) == "Prediction(label=2, class_name='Pullover', confidence=0.9000)"
+    assert prediction.to_dict()["class_name"] == "Pullover"
+    assert prediction != prediction_from_proto(wire_prediction())
+    # A class name that only repeats the digit is not shown twice.
+    message.class_name = "2"
+    assert repr(prediction_from_proto(message)) == "Prediction(label=2, confidence=0.9000)"
+
+
+def test_no_class_name_key_when_the_server_sends_none():
+    assert "class_name" not in prediction_from_proto(wire_prediction()).to_dict()
