@@ -66,7 +66,8 @@ async def start_app(model_repository: Path) -> AsyncIterator[StartApp]:
     ) -> ServingApp:
         if warm_up_gate is not None:
             gates.append(warm_up_gate)
-        app = ServingApp(app_config(model_repository, **overrides), warm_up_gate=warm_up_gate)
+        repository = overrides.pop("model_repository", model_repository)
+        app = ServingApp(app_config(repository, **overrides), warm_up_gate=warm_up_gate)
         await app.start(wait_ready=wait_ready)
         apps.append(app)
         return app

@@ -254,13 +254,14 @@ class ModelRegistry:
     def _not_found(self, name: str, version: str) -> ModelNotFoundError:
         """Built only for the error: names what is served instead."""
         model = self._models.get(name)
-        if model is None or (not model.versions and name not in self._loadable_names()):
+        if model is None or not model.versions:
+            if name in self._loadable_names():
+                reason = UNLOADED_REASON if model is None else model.reason
+                return ModelNotFoundError(f"model {name!r} is not loaded ({reason})")
             served = ", ".join(sorted(n for n, m in self._models.items() if m.versions))
             return ModelNotFoundError(
                 f"model {name!r} is not in the repository; models served: {served or 'none'}"
             )
-        if not model.versions:
-            return ModelNotFoundError(f"model {name!r} is not loaded ({model.reason})")
         return ModelNotFoundError(
             f"version {version!r} of model {name!r} is not served; versions served: "
             f"{', '.join(sorted(model.versions, key=int))}"
@@ -394,10 +395,10 @@ class ModelRegistry:
         model.fingerprint = self._fingerprint(name)
         model.loading = True
         try:
-            wanted, config = self._wanted_versions(model)
             fresh: list[ServedVersion] = []
             chosen: dict[str, ServedVersion] = {}
             try:
+                wanted, config = self._wanted_versions(model)
                 for version in wanted:
                     path = self.repository / name / str(version) / MODEL_FILE_NAME
                     current = model.versions.get(str(version))
