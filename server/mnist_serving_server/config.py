@@ -4,24 +4,46 @@ Precedence: a command-line flag beats its environment variable, which beats the 
 Every field's flag is `--` + the field name with dashes, its variable `MNIST_SERVING_` +
 the field name upper-cased (`max_batch_size` -> `--max-batch-size`,
 `MNIST_SERVING_MAX_BATCH_SIZE`), so an error can always name both.
+
+`ServerConfig` is a pydantic-settings model: its field types, bounds and descriptions are the
+one source of validation, of environment parsing and of `--help`. The command line is plain
+argparse built from those fields rather than pydantic-settings' CLI mode, which would
+neither keep `allow_abbrev=False` and argparse's usage errors (exit 2) for malformed values,
+nor read an `argv` and an environment given by the caller instead of the process's own.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import itertools
 import os
+import types
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Self, Union, get_args, get_origin
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "MNIST_SERVING_"
 PROG = "mnist-serving"
 
+Provider = Literal["auto", "cpu", "cuda"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ModelControlMode = Literal["none", "explicit", "poll"]
+
 DEFAULT_MODEL_REPOSITORY = Path("model_repository")
+# The model an unset --default-model means when the repository holds it.
 DEFAULT_MODEL_NAME = "mnist"
+DEFAULT_MODEL_CONTROL_MODE: ModelControlMode = "explicit"
+DEFAULT_REPOSITORY_POLL_SECS = 5.0
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
@@ -34,9 +56,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_DECODED_PIXELS = 16 * 1024 * 1024
 DEFAULT_DRAIN_DELAY_S = 2.0
 DEFAULT_GRACE_PERIOD_S = 20.0
-PROVIDERS = ("auto", "cpu", "cuda")
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PROVIDERS: tuple[str, ...] = get_args(Provider)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+MODEL_CONTROL_MODES: tuple[str, ...] = get_args(ModelControlMode)
 # Callable without a bearer token unless configured otherwise: health, so Kubernetes probes
 # (which cannot send metadata) work, and reflection (the API's schema is public anyway).
 DEFAULT_AUTH_EXEMPT_SERVICES = (
@@ -65,97 +88,224 @@ def _setting(field_name: str) -> str:
     return f"{flag_name(field_name)} ({env_name(field_name)})"
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything the server needs to start; validated on construction."""
+def _service_names(text: str) -> tuple[str, ...]:
+    """`a.B, c.D` -> ("a.B", "c.D"); "none" or "" -> ()."""
+    if text.strip().lower() == NO_SERVICES:
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
-    model_repository: Path = DEFAULT_MODEL_REPOSITORY
-    """Folder holding `<model>/<version>/model.onnx`."""
-    default_model: str | None = None
-    """The model an empty model name means; unset = mnist when present, else the only model."""
-    model_control_mode: str = "explicit"
-    """none (fixed at start), explicit (repository API; all loaded at start), or poll."""
-    repository_poll_secs: float = 5.0
-    """In poll mode, seconds between repository scans."""
-    host: str = DEFAULT_HOST
-    """gRPC bind address."""
-    port: int = DEFAULT_PORT
-    """gRPC port; 0 picks a free one (the chosen port is logged and written to the ready file)."""
-    metrics_host: str = DEFAULT_HOST
-    """Prometheus /metrics bind address."""
-    metrics_port: int = DEFAULT_METRICS_PORT
-    """Prometheus /metrics port; 0 picks a free one, -1 turns the metrics server off."""
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    """Images per ONNX Runtime call."""
-    max_queue_delay_ms: float = 0.0
-    """How long the batcher may wait to fill a batch; 0 = never wait."""
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
-    """Images queued before new requests get RESOURCE_EXHAUSTED."""
-    max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST
-    """Images allowed in one request."""
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    """gRPC receive and send message size limit."""
-    max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS
-    """Largest PNG/JPEG (width x height) the server decodes (image bombs are refused)."""
-    intra_op_threads: int = 0
-    """ONNX Runtime intra-op threads; 0 = the cores this process may use."""
-    provider: str = "auto"
-    """Execution provider: auto (CUDA when available), cpu or cuda."""
-    drain_delay_s: float = DEFAULT_DRAIN_DELAY_S
-    """After SIGTERM, health is NOT_SERVING this long before new calls are refused."""
-    grace_period_s: float = DEFAULT_GRACE_PERIOD_S
-    """After the drain delay, in-flight calls get this long to finish."""
-    tls_cert: Path | None = None
-    """PEM server certificate chain; with --tls-key turns TLS on."""
-    tls_key: Path | None = None
-    """PEM private key of --tls-cert."""
-    tls_client_ca: Path | None = None
-    """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
-    auth_token_file: Path | None = None
-    """Bearer tokens, one per line (or env MNIST_SERVING_AUTH_TOKEN); turns token auth on."""
-    auth_exempt_services: tuple[str, ...] = DEFAULT_AUTH_EXEMPT_SERVICES
-    """Comma-separated gRPC services callable without a token when auth is on ("none" = none)."""
-    ready_file: Path | None = None
-    """Once warm, write JSON {"grpc_port", "metrics_port", "pid"} here (atomically)."""
-    log_format: str = "text"
-    """Log format: text or json (one JSON object per line)."""
-    log_level: str = "INFO"
-    """Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
-    workers: int = 1
-    """Server processes sharing the gRPC port (SO_REUSEPORT), each with its own model session."""
 
-    def __post_init__(self) -> None:
-        _check_port("port", self.port, minimum=0)
-        _check_port("metrics_port", self.metrics_port, minimum=METRICS_OFF)
-        for name in (
-            "max_batch_size",
-            "max_queue_size",
-            "max_images_per_request",
-            "max_message_bytes",
-            "max_decoded_pixels",
-            "workers",
-        ):
-            _check_at_least(name, getattr(self, name), 1)
-        for name in ("intra_op_threads", "max_queue_delay_ms", "drain_delay_s", "grace_period_s"):
-            _check_at_least(name, getattr(self, name), 0)
-        _check_choice("provider", self.provider, PROVIDERS)
-        _check_choice("log_format", self.log_format, LOG_FORMATS)
-        _check_choice("log_level", self.log_level, LOG_LEVELS)
+class ServerConfig(BaseSettings):
+    """Everything the server needs to start; validated on construction, then frozen.
+
+    `ServerConfig(...)` is its arguments over the defaults, like a dataclass: only
+    `load_config` reads flags and variables. Invalid values raise ConfigError.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        # `MNIST_SERVING_X=` (empty) counts as unset.
+        env_ignore_empty=True,
+        # Variables are plain text, never JSON: lists are comma-separated (a validator splits).
+        enable_decoding=False,
+        frozen=True,
+        extra="forbid",
+        protected_namespaces=(),
+    )
+
+    model_repository: Path = Field(
+        DEFAULT_MODEL_REPOSITORY, description="Folder holding `<model>/<version>/model.onnx`."
+    )
+    default_model: str | None = Field(
+        None,
+        description=(
+            "The model an empty model name in a request means; unset = `mnist` when the "
+            "repository has it, else its only model."
+        ),
+    )
+    model_control_mode: ModelControlMode = Field(
+        DEFAULT_MODEL_CONTROL_MODE,
+        description=(
+            "How the repository may change while serving: none (fixed at start), explicit "
+            "(repository API load/unload; every model loaded at start), poll (re-read every "
+            "--repository-poll-secs)."
+        ),
+    )
+    repository_poll_secs: float = Field(
+        DEFAULT_REPOSITORY_POLL_SECS,
+        gt=0,
+        description="In poll mode, seconds between repository scans.",
+    )
+    host: str = Field(DEFAULT_HOST, description="gRPC bind address.")
+    port: int = Field(
+        DEFAULT_PORT,
+        ge=0,
+        le=MAX_PORT,
+        description=(
+            "gRPC port; 0 picks a free one (the chosen port is logged and written to the "
+            "ready file)."
+        ),
+    )
+    metrics_host: str = Field(DEFAULT_HOST, description="Prometheus /metrics bind address.")
+    metrics_port: int = Field(
+        DEFAULT_METRICS_PORT,
+        ge=METRICS_OFF,
+        le=MAX_PORT,
+        description=(
+            "Prometheus /metrics port; 0 picks a free one, -1 turns the metrics server off."
+        ),
+    )
+    max_batch_size: int = Field(
+        DEFAULT_MAX_BATCH_SIZE, ge=1, description="Images per ONNX Runtime call."
+    )
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, description="How long the batcher may wait to fill a batch; 0 = never wait."
+    )
+    max_queue_size: int = Field(
+        DEFAULT_MAX_QUEUE_SIZE,
+        ge=1,
+        description="Images queued before new requests get RESOURCE_EXHAUSTED.",
+    )
+    max_images_per_request: int = Field(
+        DEFAULT_MAX_IMAGES_PER_REQUEST,
+        ge=1,
+        description="Images allowed in one request (at most --max-queue-size).",
+    )
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, ge=1, description="gRPC receive and send message size limit."
+    )
+    max_decoded_pixels: int = Field(
+        DEFAULT_MAX_DECODED_PIXELS,
+        ge=1,
+        description=(
+            "Largest PNG/JPEG (width x height) the server decodes (image bombs are refused)."
+        ),
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads; 0 = the cores this process may use."
+    )
+    provider: Provider = Field(
+        "auto", description="Execution provider: auto (CUDA when available), cpu or cuda."
+    )
+    drain_delay_s: float = Field(
+        DEFAULT_DRAIN_DELAY_S,
+        ge=0,
+        description="After SIGTERM, health is NOT_SERVING this long before new calls are refused.",
+    )
+    grace_period_s: float = Field(
+        DEFAULT_GRACE_PERIOD_S,
+        ge=0,
+        description="After the drain delay, in-flight calls get this long to finish.",
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM server certificate chain; with --tls-key turns TLS on."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS).",
+    )
+    auth_token_file: Path | None = Field(
+        None,
+        description=(
+            "Bearer tokens, one per line (or env MNIST_SERVING_AUTH_TOKEN); turns token auth on."
+        ),
+    )
+    auth_exempt_services: tuple[str, ...] = Field(
+        DEFAULT_AUTH_EXEMPT_SERVICES,
+        description=(
+            'Comma-separated gRPC services callable without a token when auth is on ("none" = '
+            "none)."
+        ),
+    )
+    ready_file: Path | None = Field(
+        None,
+        description='Once warm, write JSON {"grpc_port", "metrics_port", "pid"} here (atomically).',
+    )
+    log_format: LogFormat = Field(
+        "text", description="Log format: text or json (one JSON object per line)."
+    )
+    log_level: LogLevel = Field(
+        "INFO", description="Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Server processes sharing the gRPC port (SO_REUSEPORT), each with its own model "
+            "session."
+        ),
+    )
+
+    if not TYPE_CHECKING:
+        # Hidden from mypy, so that the pydantic plugin still types the keyword arguments.
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise _config_error(exc) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the arguments: the environment is read by load_config (the one it is given)."""
+        return (init_settings,)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("auth_exempt_services", mode="before")
+    @classmethod
+    def _split_services(cls, value: object) -> object:
+        return _service_names(value) if isinstance(value, str) else value
+
+    @field_validator("auth_exempt_services")
+    @classmethod
+    def _full_service_names(cls, services: tuple[str, ...]) -> tuple[str, ...]:
+        for service in services:
+            if not service or "/" in service or service != service.strip():
+                raise ValueError(
+                    f"takes full gRPC service names (e.g. grpc.health.v1.Health), got {service!r}"
+                )
+        return services
+
+    @field_validator("default_model")
+    @classmethod
+    def _model_folder_name(cls, name: str | None) -> str | None:
+        if name is not None and (not name or name != name.strip() or "/" in name):
+            raise ValueError(f"must be a model's folder name, got {name!r}")
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError(
+            raise ValueError(
                 f"{_setting('tls_cert')} and {_setting('tls_key')} must be given together"
             )
-        for service in self.auth_exempt_services:
-            if not service or "/" in service or service != service.strip():
-                raise ConfigError(
-                    f"{_setting('auth_exempt_services')} takes full gRPC service names "
-                    f"(e.g. grpc.health.v1.Health), got {service!r}"
-                )
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ConfigError(
+            raise ValueError(
                 f"{_setting('tls_client_ca')} needs {_setting('tls_cert')} and "
                 f"{_setting('tls_key')} (mTLS is on top of TLS)"
             )
+        if self.max_images_per_request > self.max_queue_size:
+            raise ValueError(
+                f"{_setting('max_images_per_request')} must be <= "
+                f"{_setting('max_queue_size')} (a larger request could never be queued), "
+                f"got {self.max_images_per_request} > {self.max_queue_size}"
+            )
+        return self
+
+    def with_changes(self, **changes: Any) -> Self:
+        """A copy with `changes`, validated like a new config (unlike pydantic's model_copy)."""
+        return type(self)(**{**dict(self), **changes})
 
     @property
     def max_queue_delay_s(self) -> float:
@@ -167,84 +317,97 @@ class ServerConfig:
         return self.tls_cert is not None
 
 
-def _check_port(name: str, value: int, *, minimum: int) -> None:
-    if not minimum <= value <= MAX_PORT:
-        raise ConfigError(f"{_setting(name)} must be in [{minimum}, {MAX_PORT}], got {value}")
+class _EnvironSource(EnvSettingsSource):
+    """pydantic-settings' `MNIST_SERVING_*` parsing, over a given mapping, not os.environ."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(ServerConfig)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Lower-cased keys: pydantic-settings matches names case-insensitively by default.
+        return {name.lower(): value for name, value in self._environ.items() if value}
 
 
-def _check_at_least(name: str, value: float, minimum: float) -> None:
-    if value < minimum:
-        raise ConfigError(f"{_setting(name)} must be >= {minimum}, got {value}")
+def _config_error(error: ValidationError) -> ConfigError:
+    """One message per problem, each naming the flag and the variable."""
+    return ConfigError("; ".join(_describe(detail) for detail in error.errors()))
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{_setting(name)} must be one of {', '.join(choices)}, got {value!r}")
+def _describe(detail: ErrorDetails) -> str:
+    context = detail.get("ctx", {})
+    if not detail["loc"]:  # a check across fields, whose message names its settings
+        return str(context.get("error", detail["msg"]))
+    name = str(detail["loc"][0])
+    field = ServerConfig.model_fields.get(name)
+    if field is None:
+        return f"unknown setting {name!r}"
+    kind, value = detail["type"], detail["input"]
+    bounds = _bounds(field)
+    lowest, highest = bounds.get("ge"), bounds.get("le")
+    if kind == "value_error":
+        says = str(context["error"])
+    elif kind in ("greater_than_equal", "less_than_equal") and None not in (lowest, highest):
+        says = f"must be in [{lowest}, {highest}], got {value}"
+    elif kind == "greater_than_equal":
+        says = f"must be >= {lowest}, got {value}"
+    elif kind == "less_than_equal":
+        says = f"must be <= {highest}, got {value}"
+    elif kind == "greater_than":
+        says = f"must be > {bounds.get('gt')}, got {value}"
+    elif kind == "literal_error":
+        says = f"must be one of {', '.join(_choices(field))}, got {value!r}"
+    else:  # malformed text (flags for numbers are parsed by argparse: from a variable)
+        says = f"is not valid: {detail['msg']}, got {value!r}"
+    return f"{_setting(name)} {says}"
 
 
-def _normalise_level(text: str) -> str:
-    return text.strip().upper()
+def _bounds(field: FieldInfo) -> dict[str, Any]:
+    """{"ge": 1, "le": 65535, ...} as declared (the error's own context has them as floats)."""
+    return {
+        bound: getattr(constraint, bound)
+        for constraint in field.metadata
+        for bound in ("ge", "gt", "le")
+        if hasattr(constraint, bound)
+    }
 
 
-def _service_names(text: str) -> tuple[str, ...]:
-    """`a.B, c.D` -> ("a.B", "c.D"); "none" or "" -> ()."""
-    if text.strip().lower() == NO_SERVICES:
-        return ()
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+def _options(annotation: Any) -> tuple[Any, ...]:
+    """`X | None` -> (X, NoneType); anything else -> (annotation,)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
 
 
-_CONVERTERS: Mapping[str, Callable[[str], Any]] = {
-    "model_repository": Path,
-    "tls_cert": Path,
-    "tls_key": Path,
-    "tls_client_ca": Path,
-    "ready_file": Path,
-    "auth_token_file": Path,
-    "auth_exempt_services": _service_names,
-    "log_level": _normalise_level,
-}
+def _choices(field: FieldInfo) -> tuple[str, ...]:
+    return tuple(
+        str(choice)
+        for option in _options(field.annotation)
+        if get_origin(option) is Literal
+        for choice in get_args(option)
+    )
 
 
-def _converter(field: dataclasses.Field[Any]) -> Callable[[str], Any]:
-    if field.name in _CONVERTERS:
-        return _CONVERTERS[field.name]
-    if field.type in ("int", int):
+def _flag_type(field: FieldInfo) -> Callable[[str], Any]:
+    """Numbers are parsed by argparse, so `--port eighty` is a usage error (exit 2); other
+    values reach the model as text, which checks and converts them like a variable's."""
+    options = _options(field.annotation)
+    if int in options:
         return int
-    if field.type in ("float", float):
+    if float in options:
         return float
     return str
 
 
-def _help_text(field: dataclasses.Field[Any]) -> str:
-    doc = _FIELD_DOCS.get(field.name, "")
-    default = "unset" if field.default is None else field.default
-    return f"{doc} [env {env_name(field.name)}; default: {default}]".replace("%", "%%")
-
-
-def _field_docs() -> dict[str, str]:
-    """The one-line docstrings under each field above, so --help and the code never drift."""
-    import ast
-    import inspect
-
-    try:
-        tree = ast.parse(inspect.getsource(ServerConfig))
-    except (OSError, TypeError):  # no source shipped (e.g. a zipapp): help without docs
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = following.value.value
-    return docs
-
-
-_FIELD_DOCS = _field_docs()
+def _help_text(name: str, field: FieldInfo) -> str:
+    default = field.default
+    if default is None:
+        shown: object = "unset"
+    elif isinstance(default, tuple):
+        shown = ",".join(default) or NO_SERVICES
+    else:
+        shown = default
+    return f"{field.description} [env {env_name(name)}; default: {shown}]".replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,14 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
             "override the defaults."
         ),
     )
-    for field in dataclasses.fields(ServerConfig):
+    for name, field in ServerConfig.model_fields.items():
         parser.add_argument(
-            flag_name(field.name),
-            dest=field.name,
-            type=_converter(field),
+            flag_name(name),
+            dest=name,
+            type=_flag_type(field),
             default=None,
-            metavar=field.name.upper(),
-            help=_help_text(field),
+            metavar=name.upper(),
+            help=_help_text(name, field),
         )
     return parser
 
@@ -281,19 +444,7 @@ def load_config(
     argv None = this process's arguments, environ None = `os.environ`. Raises ConfigError for
     a bad variable or value; a bad flag exits via argparse (code 2) as usual.
     """
-    environ = os.environ if environ is None else environ
     args = build_parser().parse_args(None if argv is None else list(argv))
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(ServerConfig):
-        from_flag = getattr(args, field.name)
-        if from_flag is not None:
-            values[field.name] = from_flag
-            continue
-        raw = environ.get(env_name(field.name))
-        if raw is None or raw == "":
-            continue
-        try:
-            values[field.name] = _converter(field)(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{env_name(field.name)}={raw!r} is not valid: {exc}") from None
-    return ServerConfig(**values)
+    flags = {name: value for name, value in vars(args).items() if value is not None}
+    from_env = _EnvironSource(os.environ if environ is None else environ)()
+    return ServerConfig(**{**from_env, **flags})

@@ -30,7 +30,6 @@ NOT_SERVING during shutdown, which the parent starts for all of them at once.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import multiprocessing
@@ -110,8 +109,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
 def worker_config(config: ServerConfig, *, port: int, ready_file: Path) -> ServerConfig:
     """One worker's settings: the shared port, no /metrics of its own, its share of cores."""
     threads = config.intra_op_threads or max(1, default_intra_op_threads() // config.workers)
-    return dataclasses.replace(
-        config,
+    return config.with_changes(
         workers=1,
         port=port,
         metrics_port=METRICS_OFF,

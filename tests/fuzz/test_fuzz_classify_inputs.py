@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mnist_serving_proto import classifier_pb2
-from mnist_serving_server.config import ServerConfig
+from mnist_serving_server.config import DEFAULT_MAX_DECODED_PIXELS
 from tests.fuzz.conftest import FUZZ_SETTINGS
 from tests.fuzz.hostile_images import encode, jpeg_declaring, png_bomb, png_declaring
 from tests.fuzz.threaded_server import ThreadedServer
@@ -33,7 +33,7 @@ MAX_IMAGES_PER_CASE = 4
 MAX_PICTURE_SIDE = 64
 MAX_NAME_CHARS = 12
 # Documented defaults the oracle relies on (the fuzz server runs with the defaults).
-MAX_DECODED_PIXELS = ServerConfig.max_decoded_pixels
+MAX_DECODED_PIXELS = DEFAULT_MAX_DECODED_PIXELS
 # The smallest square side whose pixel count is over the decode limit: a bomb just past it.
 BOMB_SIDE_OVER_LIMIT = int(MAX_DECODED_PIXELS**0.5) + 1
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mnist_serving_proto import open_inference_pb2 as pb
-from mnist_serving_server.config import ServerConfig
+from mnist_serving_server.config import DEFAULT_MAX_IMAGES_PER_REQUEST
 from tests.fuzz.conftest import FUZZ_SETTINGS
 from tests.fuzz.wire import MODEL_INFER, RawCaller, Reply
 
@@ -25,7 +25,7 @@ PIXELS = SIDE * SIDE
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 UINT32_MAX = 2**32 - 1
-MAX_IMAGES = ServerConfig.max_images_per_request
+MAX_IMAGES = DEFAULT_MAX_IMAGES_PER_REQUEST
 MAX_DIMS = 6
 MAX_EXACT_IMAGES = 4
 MAX_RANDOM_BUFFER = 4 * PIXELS

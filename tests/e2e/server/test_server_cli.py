@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -40,9 +39,9 @@ def run_server_command(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_option_with_its_environment_variable() -> None:
     result = run_server_command("--help")
     assert result.returncode == 0
-    for field in dataclasses.fields(ServerConfig):
-        assert flag_name(field.name) in result.stdout, field.name
-        assert env_name(field.name) in result.stdout, field.name
+    for name in ServerConfig.model_fields:
+        assert flag_name(name) in result.stdout, name
+        assert env_name(name) in result.stdout, name
     assert "default: 8001" in result.stdout
 
 

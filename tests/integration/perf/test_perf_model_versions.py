@@ -18,7 +18,6 @@ from grpc import aio
 
 from mnist_serving_proto import classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
-from mnist_serving_server.config import ConfigError, load_config
 from mnist_serving_server.core.errors import ModelLoadError
 from mnist_serving_server.core.runtime import DISABLED_OPTIMIZERS_KEY
 from mnist_serving_training.quantize import QuantizationSettings, quantize_int8
@@ -127,13 +126,3 @@ async def test_a_missing_version_fails_the_start_naming_the_available_ones(
 ) -> None:
     with pytest.raises(ModelLoadError, match=r"version 7 .*available versions: \[1, 2\]"):
         await start_versions_app(model_version=MISSING_VERSION)
-
-
-def test_model_version_comes_from_the_flag_or_the_environment() -> None:
-    assert load_config([], {}).model_version is None
-    assert load_config(["--model-version", "2"], {}).model_version == INT8_VERSION
-    environ = {"MNIST_SERVING_MODEL_VERSION": "1"}
-    assert load_config([], environ).model_version == FP32_VERSION
-    assert load_config(["--model-version", "2"], environ).model_version == INT8_VERSION
-    with pytest.raises(ConfigError, match="--model-version"):
-        load_config(["--model-version", "-1"], {})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from mnist_serving_server.config import DEFAULT_METRICS_PORT, DEFAULT_PORT, ServerConfig, env_name
 from tests.unit.deploy.deploy_files import DOCKERFILES, REPO_ROOT
 
-CONFIG_VARIABLES = {env_name(field.name) for field in dataclasses.fields(ServerConfig)}
+CONFIG_VARIABLES = {env_name(name) for name in ServerConfig.model_fields}
 HEALTH_CHECK_SCRIPT = "grpc_health_check.py"
 
 
