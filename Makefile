@@ -150,7 +150,7 @@ reference-model: ## Regenerate the shipped model_repository/mnist/1 (seeded, off
 
 model: ## Train and export mnist only if the repository holds no model at all
 	@if ls $(MODEL_REPOSITORY)/*/*/model.onnx >/dev/null 2>&1; then \
-	  echo "serving what $(MODEL_REPOSITORY) holds:" $$(ls $(MODEL_REPOSITORY)/*/*/model.onnx); \
+	  echo "models found in $(MODEL_REPOSITORY):" $$(ls $(MODEL_REPOSITORY)/*/*/model.onnx); \
 	else $(MAKE) --no-print-directory train-export MODEL_NAME=mnist; fi
 
 serve: $(SERVE_STAMP) model ## Serve every model in model_repository on :8001 (metrics :8002); HOST, PORT, METRICS_PORT, WORKERS
