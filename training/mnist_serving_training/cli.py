@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +27,9 @@ logger = logging.getLogger("mnist_serving_training")
 
 QUANTIZE_CHOICES = ("none", "int8")
 EXIT_FAILURE = 1
+# Set by `make train-export` to the make command (with every value) that ran this; the report
+# records it beside the command line itself.
+MAKE_COMMAND_ENV = "MNIST_SERVING_TRAIN_MAKE_COMMAND"
 
 
 def _positive_int(text: str) -> int:
@@ -91,7 +96,8 @@ def configure_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(arguments)
     configure_logging()
     # Imported here so that --help answers without loading torch.
     from mnist_serving_training.export import ExportParityError
@@ -109,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=args.version,
         quantize=args.quantize,
         plots=not args.no_plots,
+        command=shlex.join(["python", "-m", "mnist_serving_training", *arguments]),
+        make_command=os.environ.get(MAKE_COMMAND_ENV) or None,
     )
     try:
         run_job(job)

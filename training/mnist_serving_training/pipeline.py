@@ -51,6 +51,9 @@ class TrainingJob:
     quantize: str = "none"
     plots: bool = True
     show_progress: bool = True
+    # How the job was started, for the report: the command line and, from make, the make command.
+    command: str | None = None
+    make_command: str | None = None
 
 
 def _final_evaluation(split: DatasetSplit, result: TrainResult) -> dict[str, Any]:
@@ -149,6 +152,10 @@ def run_job(job: TrainingJob) -> Path:
             "model_path": str((final_dir / MODEL_FILENAME).resolve()),
             "wall_time_s": round(time.monotonic() - started, 3),
         }
+        if job.command is not None:
+            report["command"] = job.command
+        if job.make_command is not None:
+            report["make_command"] = job.make_command
         write_report(staging / REPORT_FILENAME, report)
     logger.info(
         "wrote %s: held-out accuracy %.2f%% (%s, %d epochs, %.1f s)",
