@@ -16,7 +16,7 @@ IMAGE_TAG ?= 0.1.0
 
 EXTRA_TEST_TARGETS += test-deploy
 
-.PHONY: deploy-venv deploy-generate docker docker-gpu test-deploy deploy-lint-docker \
+.PHONY: deploy-venv deploy-generate test-deploy deploy-lint-docker \
   deploy-k8s deploy-prometheus
 
 deploy-venv: $(DEPLOY_STAMP) ## Create .venv-deploy with the deploy check tools
@@ -30,13 +30,7 @@ $(DEPLOY_STAMP): $(DEPLOY_REQUIREMENTS)
 deploy-generate: ## Regenerate deploy/k8s/base/prometheusrule.yaml from the Prometheus rules file
 	$(PYTHON) deploy/prometheus/render_prometheusrule.py
 
-# Docker cannot run where the tests run (no daemon): these are standard builds for a
-# machine that has one. The default stage bakes ./model_repository in (`make model` first).
-docker: model ## Build the CPU image mnist-serving:0.1.0 (needs Docker; trains a model first if none)
-	$(DOCKER) build -f deploy/docker/Dockerfile -t $(IMAGE):$(IMAGE_TAG) .
-
-docker-gpu: model ## Build the GPU image mnist-serving:0.1.0-gpu (onnxruntime-gpu, CUDA provider)
-	$(DOCKER) build -f deploy/docker/Dockerfile.gpu -t $(IMAGE):$(IMAGE_TAG)-gpu .
+# `make docker` and `make docker-gpu` (build and run the images for real) are in mk/docker.mk.
 
 test-deploy: deploy-lint-docker deploy-k8s deploy-prometheus ## hadolint, kustomize + schema + checkov, promtool
 	@echo "test-deploy: all deployment checks passed"
