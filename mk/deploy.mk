@@ -42,7 +42,8 @@ deploy-lint-docker: $(DEPLOY_STAMP)
 	$(DEPLOY_VENV)/bin/hadolint deploy/docker/Dockerfile deploy/docker/Dockerfile.gpu
 	$(CHECKOV) --directory deploy/docker --framework dockerfile --skip-check "$(CHECKOV_SKIPS)"
 
-# Render every overlay, validate each object offline against the Kubernetes schemas, then
+# Render every overlay and deploy/kserve (ServingRuntime + InferenceService), validate each
+# object offline against the Kubernetes schemas, then
 # scan the rendered objects with checkov; waivers (with reasons) in deploy/waivers.yaml.
 deploy-k8s: $(DEPLOY_STAMP)
 	$(PYTHON) deploy/prometheus/render_prometheusrule.py --check
@@ -50,6 +51,7 @@ deploy-k8s: $(DEPLOY_STAMP)
 	for overlay in $(K8S_OVERLAYS); do \
 	  $(DEPLOY_VENV)/bin/kubectl kustomize deploy/k8s/overlays/$$overlay > $(DEPLOY_BUILD)/$$overlay.yaml; \
 	done
+	$(DEPLOY_VENV)/bin/kubectl kustomize deploy/kserve > $(DEPLOY_BUILD)/kserve.yaml
 	$(DEPLOY_PY) deploy/k8s/check_manifests.py $(DEPLOY_BUILD)/*.yaml
 	$(CHECKOV) --directory $(DEPLOY_BUILD) --framework kubernetes --skip-check "$(CHECKOV_SKIPS)"
 
