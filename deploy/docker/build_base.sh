@@ -32,7 +32,7 @@ if ! command -v debootstrap >/dev/null; then
 fi
 
 rootfs=$(mktemp -d "${TMPDIR:-/tmp}/mnist-serving-base.XXXXXX")
-trap 'rm -rf "$rootfs"' EXIT
+trap 'rm -rf "$rootfs" "$rootfs.log"' EXIT
 echo "debootstrap $suite from $mirror (minbase + $packages)"
 debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
   || { tail -30 "$rootfs.log"; rm -f "$rootfs.log"; exit 1; }
@@ -48,9 +48,9 @@ for extra in "$suite-updates" "$suite-security"; do
 done
 printf '%s\n' "$sources" >"$rootfs/etc/apt/sources.list"
 apt_get=(chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get -qq -o APT::Sandbox::User=root)
-"${apt_get[@]}" update
-"${apt_get[@]}" upgrade -y >/dev/null
-"${apt_get[@]}" clean
+{ "${apt_get[@]}" update && "${apt_get[@]}" upgrade -y && "${apt_get[@]}" clean; } >"$rootfs.log" 2>&1 \
+  || { tail -30 "$rootfs.log"; rm -f "$rootfs.log"; exit 1; }
+rm -f "$rootfs.log"
 rm -rf "$rootfs"/etc/apt/sources.list "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* \
   "$rootfs"/var/log/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
   "$rootfs"/usr/share/locale/* \
