@@ -74,6 +74,12 @@ def test_the_one_container_port_is_grpc_named_h2c() -> None:
     assert port["containerPort"] == runtime_config().port
 
 
+def test_readiness_asks_grpc_health_for_the_v2_service() -> None:
+    probe = runtime_container()["readinessProbe"]["grpc"]
+    assert probe["port"] == runtime_config().port
+    assert probe["service"] == "inference.GRPCInferenceService"
+
+
 def test_metrics_are_scraped_through_kserve_annotations() -> None:
     annotations = runtime()["spec"]["annotations"]
     assert int(annotations["prometheus.kserve.io/port"]) == runtime_config().metrics_port
