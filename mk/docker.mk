@@ -54,7 +54,7 @@ $(DOCKER_BUILD_DIR)/wheelhouse-cpu/.built: $(DOCKER_SOURCES) $(DOCKER_BUILD_DIR)
 	@touch $@
 
 $(DOCKER_BUILD_DIR)/wheelhouse-gpu/.built: $(DOCKER_SOURCES) $(DOCKER_BUILD_DIR)/constraints.txt deploy/docker/build_wheelhouse.sh
-	PYTHON=$(PY) deploy/docker/build_wheelhouse.sh $(@D) 3.12 39 \
+	PYTHON=$(PY) CONSTRAINTS=$(DOCKER_BUILD_DIR)/constraints.txt deploy/docker/build_wheelhouse.sh $(@D) 3.12 39 \
 	  onnxruntime-gpu==$(ONNXRUNTIME_GPU_VERSION) 2>&1 | grep -v "is ignored: it is neither"
 	@touch $@
 
