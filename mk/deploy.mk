@@ -16,7 +16,7 @@ IMAGE_TAG ?= 0.1.0
 
 EXTRA_TEST_TARGETS += test-deploy
 
-.PHONY: deploy-venv deploy-generate docker docker-gpu test-deploy deploy-lint-docker \
+.PHONY: deploy-venv deploy-generate test-deploy deploy-lint-docker \
   deploy-k8s deploy-prometheus
 
 deploy-venv: $(DEPLOY_STAMP) ## Create .venv-deploy with the deploy check tools
@@ -30,13 +30,7 @@ $(DEPLOY_STAMP): $(DEPLOY_REQUIREMENTS)
 deploy-generate: ## Regenerate deploy/k8s/base/prometheusrule.yaml from the Prometheus rules file
 	$(PYTHON) deploy/prometheus/render_prometheusrule.py
 
-# Docker cannot run where the tests run (no daemon): these are standard builds for a
-# machine that has one. The default stage bakes ./model_repository in (`make model` first).
-docker: model ## Build the CPU image mnist-serving:0.1.0 (needs Docker; trains a model first if none)
-	$(DOCKER) build -f deploy/docker/Dockerfile -t $(IMAGE):$(IMAGE_TAG) .
-
-docker-gpu: model ## Build the GPU image mnist-serving:0.1.0-gpu (onnxruntime-gpu, CUDA provider)
-	$(DOCKER) build -f deploy/docker/Dockerfile.gpu -t $(IMAGE):$(IMAGE_TAG)-gpu .
+# `make docker` and `make docker-gpu` (build and run the images for real) are in mk/docker.mk.
 
 test-deploy: deploy-lint-docker deploy-k8s deploy-prometheus ## hadolint, kustomize + schema + checkov, promtool
 	@echo "test-deploy: all deployment checks passed"
@@ -48,7 +42,8 @@ deploy-lint-docker: $(DEPLOY_STAMP)
 	$(DEPLOY_VENV)/bin/hadolint deploy/docker/Dockerfile deploy/docker/Dockerfile.gpu
 	$(CHECKOV) --directory deploy/docker --framework dockerfile --skip-check "$(CHECKOV_SKIPS)"
 
-# Render every overlay, validate each object offline against the Kubernetes schemas, then
+# Render every overlay and deploy/kserve (ServingRuntime + InferenceService), validate each
+# object offline against the Kubernetes schemas, then
 # scan the rendered objects with checkov; waivers (with reasons) in deploy/waivers.yaml.
 deploy-k8s: $(DEPLOY_STAMP)
 	$(PYTHON) deploy/prometheus/render_prometheusrule.py --check
@@ -56,6 +51,7 @@ deploy-k8s: $(DEPLOY_STAMP)
 	for overlay in $(K8S_OVERLAYS); do \
 	  $(DEPLOY_VENV)/bin/kubectl kustomize deploy/k8s/overlays/$$overlay > $(DEPLOY_BUILD)/$$overlay.yaml; \
 	done
+	$(DEPLOY_VENV)/bin/kubectl kustomize deploy/kserve > $(DEPLOY_BUILD)/kserve.yaml
 	$(DEPLOY_PY) deploy/k8s/check_manifests.py $(DEPLOY_BUILD)/*.yaml
 	$(CHECKOV) --directory $(DEPLOY_BUILD) --framework kubernetes --skip-check "$(CHECKOV_SKIPS)"
 

@@ -15,6 +15,8 @@ SERVER_ENV_FILE = K8S_BASE / "server.env"
 PROMETHEUS_RULE_FILE = K8S_BASE / "prometheusrule.yaml"
 RENDER_SCRIPT = DEPLOY_DIR / "prometheus" / "render_prometheusrule.py"
 WAIVERS_FILE = DEPLOY_DIR / "waivers.yaml"
+KSERVE_DIR = DEPLOY_DIR / "kserve"
+MAKE_FRAGMENTS = REPO_ROOT / "mk"
 DOCKERFILES = (DOCKER_DIR / "Dockerfile", DOCKER_DIR / "Dockerfile.gpu")
 
 
@@ -26,6 +28,16 @@ def read_env_file(path: Path = SERVER_ENV_FILE) -> dict[str, str]:
             key, value = line.split("=", 1)
             pairs[key.strip()] = value.strip()
     return pairs
+
+
+def make_variable(name: str) -> str:
+    """The default (`NAME ?= value`) a mk/*.mk fragment gives a make variable."""
+    for fragment in sorted(MAKE_FRAGMENTS.glob("*.mk")):
+        for line in fragment.read_text(encoding="utf-8").splitlines():
+            key, separator, value = line.partition("?=")
+            if separator and key.strip() == name:
+                return value.strip()
+    raise KeyError(f"no `{name} ?=` in {MAKE_FRAGMENTS}/*.mk")
 
 
 def load_script(path: Path) -> ModuleType:
