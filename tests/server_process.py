@@ -83,8 +83,6 @@ def server_command(model_repository: Path, ready_file: Path, *extra_args: str) -
         "mnist_serving_server",
         "--model-repository",
         str(model_repository),
-        "--model-name",
-        MODEL_NAME,
         "--host",
         "127.0.0.1",
         "--port",

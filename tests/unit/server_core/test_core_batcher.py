@@ -265,7 +265,8 @@ async def test_queue_full_is_rejected_at_once_and_space_is_reused() -> None:
     await until_queued(batcher, 6)
     with pytest.raises(QueueFullError, match=r"queue full: 6 images queued, limit 10; retry"):
         await batcher.submit(images(5))
-    with pytest.raises(QueueFullError, match="larger than the queue limit 10"):
+    # Larger than the whole queue: permanent (a retry can never fit), so invalid input.
+    with pytest.raises(InvalidInputError, match="larger than the queue limit 10"):
         await batcher.submit(images(11))
     fits = images(4, seed=2)
     fits_task = asyncio.create_task(batcher.submit(fits))
@@ -275,7 +276,7 @@ async def test_queue_full_is_rejected_at_once_and_space_is_reused() -> None:
     assert_own_rows(await fits_task, fits)
     await first
     await gate_task
-    assert observer.rejections == ["queue_full", "queue_full"]
+    assert observer.rejections == ["queue_full"]
     assert batcher.queue_depth == 0
     await batcher.stop()
 
@@ -533,3 +534,50 @@ def test_any_mix_of_sizes_is_batched_within_limits_and_reassembled(
         assert all(size == max_batch_size for size in sizes[:-1])
 
     asyncio.run(scenario())
+
+
+async def test_drain_returns_true_once_queued_work_has_finished(
+    batcher: DynamicBatcher, model: GatedModel
+) -> None:
+    assert await batcher.drain(EVENT_WAIT_S)  # idle: at once
+    gate_task = await block_runtime(batcher, model)
+    sent = [images(2, seed=1), images(3, seed=2)]
+    tasks = [asyncio.create_task(batcher.submit(pixels)) for pixels in sent]
+    await until_queued(batcher, 5)
+    drained = asyncio.create_task(batcher.drain(EVENT_WAIT_S))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not drained.done()  # a batch is held in the model and 5 images are queued
+    model.gate.set()
+    assert await drained
+    # Everything accepted before the drain was answered by then.
+    assert all(task.done() for task in tasks)
+    assert gate_task.done()
+    for task, pixels in zip(tasks, sent, strict=True):
+        assert_own_rows(task.result(), pixels)
+    assert batcher.queue_depth == 0
+    assert batcher.running  # drain does not stop the batcher
+    assert_own_rows(await batcher.submit(sent[0]), sent[0])
+
+
+async def test_drain_returns_false_when_the_model_call_outlasts_the_timeout(
+    batcher: DynamicBatcher, model: GatedModel
+) -> None:
+    gate_task = await block_runtime(batcher, model)
+    queued = asyncio.create_task(batcher.submit(images(1, seed=3)))
+    await until_queued(batcher, 1)
+    assert await batcher.drain(0.05) is False
+    assert not gate_task.done()
+    assert not queued.done()
+    model.gate.set()
+    await gate_task
+    await queued
+    assert await batcher.drain(EVENT_WAIT_S)
+
+
+async def test_drain_after_stop_returns_true_at_once(
+    batcher: DynamicBatcher, model: GatedModel
+) -> None:
+    model.gate.set()
+    await batcher.stop()
+    assert await batcher.drain(0.0)
