@@ -308,7 +308,7 @@ def run_server_config(
         SERVER_MODULE,
         "--model-repository",
         str(repository),
-        "--model-name",
+        "--default-model",
         settings.model_name,
         *SERVER_BASE_ARGS,
         *server_argv,

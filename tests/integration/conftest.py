@@ -136,3 +136,8 @@ def runtime_gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[RuntimeGate]:
     monkeypatch.setattr(ModelRuntime, "run", gated_run)
     yield gate
     gate.open()
+
+
+def queue_depth(app: ServingApp) -> int:
+    """Images queued for the default model's latest version."""
+    return app.dataplane.model("", "").batcher.queue_depth

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 MODEL_FILE_NAME = "model.onnx"
 
 

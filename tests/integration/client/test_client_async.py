@@ -18,7 +18,7 @@ from mnist_serving_client import (
     RetryPolicy,
     ServingStatus,
 )
-from tests.integration.conftest import RuntimeGate, StartApp
+from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.server.classify_support import metric, wait_until
 
 PARITY_IMAGES = 40
@@ -92,7 +92,7 @@ async def test_full_queue_is_retried_until_it_drains(
         in_compute = asyncio.ensure_future(client.classify_one(images[0]))
         await runtime_gate.wait_entered()
         queued = asyncio.ensure_future(client.classify(images[1 : 1 + TINY_QUEUE_IMAGES]))
-        await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth == TINY_QUEUE_IMAGES, "full")
+        await wait_until(lambda: queue_depth(app) == TINY_QUEUE_IMAGES, "full")
 
         retried = asyncio.ensure_future(client.classify_one(images[9]))
         await wait_until(

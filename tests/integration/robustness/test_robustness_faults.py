@@ -21,7 +21,7 @@ from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.core.runtime import ModelRuntime
 from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
-from tests.integration.conftest import RuntimeGate, StartApp
+from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.server.classify_support import metric, raw_request, wait_until
 from tests.integration.v2.v2_helpers import raw_infer_request
 
@@ -63,7 +63,7 @@ async def test_a_failing_batch_fails_only_its_own_calls(
         failing_run = runs + 1  # the next batch: both calls queued behind the held one
         second = asyncio.ensure_future(stub.Classify(raw_request(one_digit(sample_digits, 1))))
         third = asyncio.ensure_future(stub.Classify(raw_request(one_digit(sample_digits, 2))))
-        await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth == 2, "two queued calls")
+        await wait_until(lambda: queue_depth(app) == 2, "two queued calls")
         runtime_gate.open()
         outcomes = await asyncio.gather(first, second, third, return_exceptions=True)
         after = await stub.Classify(raw_request(one_digit(sample_digits, 3)))
@@ -143,7 +143,7 @@ async def test_clients_vanishing_mid_stream_free_everything(
         lambda: metric(app, "mnist_serving_inflight_requests") == len(calls),
         "every stream to be open on the server",
     )
-    await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth > 0, "stream items queued")
+    await wait_until(lambda: queue_depth(app) > 0, "stream items queued")
     for channel in channels:  # the clients vanish: their connections close
         await channel.close()
     runtime_gate.open()
@@ -151,7 +151,7 @@ async def test_clients_vanishing_mid_stream_free_everything(
     await wait_until(
         lambda: metric(app, "mnist_serving_inflight_requests") == 0, "the in-flight gauge at 0"
     )
-    await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth == 0, "an empty queue")
+    await wait_until(lambda: queue_depth(app) == 0, "an empty queue")
     await wait_until(lambda: no_more_tasks_than(tasks_before), "the streams' tasks to end")
     # Each abandoned stream is counted once, as CANCELLED (the warm-up stream was OK).
     for method in ("ClassifyStream", "ModelStreamInfer"):

@@ -15,7 +15,7 @@ from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
 from mnist_serving_server.core.runtime import ModelRuntime
 from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
-from tests.integration.conftest import RuntimeGate, StartApp
+from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.server.classify_support import metric, raw_request, wait_until
 
 Digits = tuple[Any, Any]
@@ -154,7 +154,8 @@ async def test_full_queue_is_resource_exhausted_and_queued_calls_still_complete(
         await runtime_gate.wait_entered()
         queued = asyncio.ensure_future(stub.Classify(raw_request(np.zeros((4, 28, 28)))))
         await wait_until(
-            lambda: app.dataplane.model("", "").batcher.queue_depth == TINY_QUEUE_IMAGES, "a full queue"
+            lambda: queue_depth(app) == TINY_QUEUE_IMAGES,
+            "a full queue",
         )
 
         error = await classify_error(stub, raw_request(ONE_DIGIT))
@@ -212,7 +213,7 @@ async def test_cancelled_call_is_dropped_and_the_server_stays_healthy(
         in_compute = asyncio.ensure_future(stub.Classify(raw_request(ONE_DIGIT)))
         await runtime_gate.wait_entered()
         call = stub.Classify(raw_request(ONE_DIGIT))
-        await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth == 1, "a queued call")
+        await wait_until(lambda: queue_depth(app) == 1, "a queued call")
 
         call.cancel()
         with pytest.raises(asyncio.CancelledError):

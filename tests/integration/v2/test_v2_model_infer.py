@@ -14,7 +14,7 @@ from grpc import aio
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.app import ServingApp
-from tests.integration.conftest import RuntimeGate, StartApp
+from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.v2.v2_helpers import (
     INPUT_NAME,
     MODEL_NAME,
@@ -283,7 +283,7 @@ async def test_queue_full_is_resource_exhausted(
         await runtime_gate.wait_entered()
         two = raw_infer_request(np.zeros((2, 28, 28), dtype=np.uint8))
         queued = asyncio.ensure_future(stub.ModelInfer(two))
-        await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth == 2)
+        await wait_until(lambda: queue_depth(app) == 2)
         await expect_error(
             stub.ModelInfer(one_image_request()), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"
         )

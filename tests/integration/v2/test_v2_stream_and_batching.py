@@ -15,7 +15,7 @@ from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.app import ServingApp
-from tests.integration.conftest import RuntimeGate, StartApp
+from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.v2.v2_helpers import (
     MODEL_NAME,
     output_array,
@@ -144,7 +144,7 @@ async def test_v2_and_classify_calls_share_batches(
             )
             for i in range(CALLS_PER_API, max_batch)
         ]
-        await wait_until(lambda: app.dataplane.model("", "").batcher.queue_depth == max_batch)
+        await wait_until(lambda: queue_depth(app) == max_batch)
         runtime_gate.open()
         await holder
         v2_replies = await asyncio.gather(*v2_calls)

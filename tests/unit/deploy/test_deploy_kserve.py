@@ -65,7 +65,7 @@ def test_server_reads_the_model_from_kserve_mount_with_its_own_flags() -> None:
     assert config.metrics_host == "0.0.0.0"
     assert config.provider == "cpu"
     for item in runtime_container().get("env", []):
-        assert item["name"] in {env_name(field) for field in ServerConfig.__dataclass_fields__}
+        assert item["name"] in {env_name(field) for field in ServerConfig.model_fields}
 
 
 def test_the_one_container_port_is_grpc_named_h2c() -> None:

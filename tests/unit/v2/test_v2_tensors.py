@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.runtime import TensorSpec
 from mnist_serving_server.grpc_api.v2_tensors import (
-    EXPECTED_INPUT,
+    RequestedOutput,
     decode_input,
     encode_outputs,
     queue_timeout_s,
@@ -18,6 +19,10 @@ from mnist_serving_server.grpc_api.v2_tensors import (
 )
 
 INPUT = "pixels"
+SPEC = TensorSpec(
+    name=INPUT, datatype="UINT8", numpy_dtype=np.dtype(np.uint8), shape=(-1, 1, 28, 28)
+)
+EXPECTED_INPUT = "UINT8 [N,1,28,28] (or FP32 in [0,1], value/255)"
 MAX_IMAGES = 64
 MODEL_OUTPUTS = ("probabilities", "logits")
 SEED = 1234
@@ -43,12 +48,12 @@ def typed_request(data: np.ndarray, datatype: str, shape: list[int]) -> pb.Model
 
 
 def decode(request: pb.ModelInferRequest, max_images: int = MAX_IMAGES) -> np.ndarray:
-    return decode_input(request, input_name=INPUT, max_images=max_images).pixels
+    return decode_input(request, SPEC, max_rows=max_images).array
 
 
 def decode_error(request: pb.ModelInferRequest, max_images: int = MAX_IMAGES) -> str:
     with pytest.raises(InvalidInputError) as caught:
-        decode_input(request, input_name=INPUT, max_images=max_images)
+        decode_input(request, SPEC, max_rows=max_images)
     return str(caught.value)
 
 
@@ -60,14 +65,11 @@ def decode_error(request: pb.ModelInferRequest, max_images: int = MAX_IMAGES) ->
 def test_uint8_decodes_to_the_same_pixels(shape_tail: list[int], encoding: str) -> None:
     images = random_images(3)
     build = raw_request if encoding == "raw" else typed_request
-    decoded = decode_input(
-        build(images, "UINT8", [3, *shape_tail]), input_name=INPUT, max_images=MAX_IMAGES
-    )
-    assert decoded.pixels.dtype == np.uint8
-    assert decoded.pixels.shape == (3, 1, 28, 28)
-    np.testing.assert_array_equal(decoded.pixels[:, 0], images)
+    decoded = decode_input(build(images, "UINT8", [3, *shape_tail]), SPEC, max_rows=MAX_IMAGES)
+    assert decoded.array.dtype == np.uint8
+    assert decoded.array.shape == (3, 1, 28, 28)
+    np.testing.assert_array_equal(decoded.array[:, 0], images)
     assert decoded.raw is (encoding == "raw")
-    assert decoded.datatype == "UINT8"
 
 
 def test_raw_uint8_is_a_view_of_the_request_bytes() -> None:
@@ -124,7 +126,7 @@ def test_typed_uint8_value_above_255_is_rejected() -> None:
     request = typed_request(np.zeros((1, 28, 28), dtype=np.uint32), "UINT8", [1, 28, 28])
     request.inputs[0].contents.uint_contents[5] = 256
     message = decode_error(request)
-    assert "0-255" in message
+    assert "[0, 255]" in message
     assert "256" in message
     assert "element 5" in message
 
@@ -133,7 +135,7 @@ def test_typed_uint8_value_above_255_is_rejected() -> None:
 def test_unsupported_datatype_names_what_is_expected(datatype: str) -> None:
     request = raw_request(random_images(1), datatype, [1, 28, 28])
     message = decode_error(request)
-    assert f"'{datatype}' is not supported" in message
+    assert f"'{datatype}' is not accepted" in message
     assert EXPECTED_INPUT in message
 
 
@@ -144,7 +146,7 @@ def test_unsupported_datatype_names_what_is_expected(datatype: str) -> None:
 def test_unsupported_shape_names_the_expected_shapes(shape: list[int]) -> None:
     request = raw_request(random_images(1), "UINT8", shape)
     message = decode_error(request)
-    assert "[N,1,28,28] or [N,28,28]" in message
+    assert "UINT8 [N,1,28,28]" in message
     assert "UINT8" in message
     assert "[" + ",".join(map(str, shape)) + "]" in message
 
@@ -154,7 +156,8 @@ def test_no_images_is_rejected(batch: int) -> None:
     request = pb.ModelInferRequest()
     request.inputs.add(name=INPUT, datatype="UINT8", shape=[batch, 28, 28])
     request.raw_input_contents.append(b"")
-    assert "holds no image" in decode_error(request)
+    message = decode_error(request)
+    assert "holds no batch entry" in message or "is not accepted" in message
 
 
 def test_too_many_images_is_rejected_before_reading_data() -> None:
@@ -162,7 +165,7 @@ def test_too_many_images_is_rejected_before_reading_data() -> None:
     request.inputs.add(name=INPUT, datatype="UINT8", shape=[10**9, 28, 28])
     request.raw_input_contents.append(b"")
     message = decode_error(request, max_images=MAX_IMAGES)
-    assert f"too many images: {10**9}, at most {MAX_IMAGES}" in message
+    assert f"batch of {10**9} is too large; at most {MAX_IMAGES}" in message
 
 
 @pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
@@ -206,10 +209,10 @@ def test_wrong_input_name_and_input_count_are_rejected() -> None:
     request.inputs[0].name = "input__0"
     assert "unknown input 'input__0'" in decode_error(request)
     assert "'pixels'" in decode_error(request)
-    assert "got 0 inputs" in decode_error(pb.ModelInferRequest())
+    assert "got 0;" in decode_error(pb.ModelInferRequest())
     twice = raw_request(random_images(1), "UINT8", [1, 28, 28])
     twice.inputs.add(name=INPUT, datatype="UINT8", shape=[1, 28, 28])
-    assert "got 2 inputs" in decode_error(twice)
+    assert "got 2;" in decode_error(twice)
 
 
 @given(
@@ -255,14 +258,19 @@ def test_random_shapes_and_lengths_decode_or_raise_invalid_input(
 
 
 def test_select_outputs_defaults_to_every_model_output() -> None:
-    assert select_outputs(pb.ModelInferRequest(), MODEL_OUTPUTS) == MODEL_OUTPUTS
+    assert select_outputs(pb.ModelInferRequest(), MODEL_OUTPUTS) == tuple(
+        RequestedOutput(name) for name in MODEL_OUTPUTS
+    )
 
 
 def test_select_outputs_keeps_the_requested_order() -> None:
     request = pb.ModelInferRequest()
     request.outputs.add(name="logits")
     request.outputs.add(name="probabilities")
-    assert select_outputs(request, MODEL_OUTPUTS) == ("logits", "probabilities")
+    assert select_outputs(request, MODEL_OUTPUTS) == (
+        RequestedOutput("logits"),
+        RequestedOutput("probabilities"),
+    )
 
 
 def test_unknown_output_lists_the_model_outputs() -> None:
@@ -291,7 +299,9 @@ def model_outputs(rows: int) -> dict[str, np.ndarray]:
 def test_encode_raw_outputs_round_trip_little_endian() -> None:
     outputs = model_outputs(3)
     response = pb.ModelInferResponse()
-    encode_outputs(response, outputs, ["probabilities", "logits"], raw=True)
+    encode_outputs(
+        response, {"probabilities": outputs["probabilities"], "logits": outputs["logits"]}, raw=True
+    )
     assert [t.name for t in response.outputs] == ["probabilities", "logits"]
     assert len(response.raw_output_contents) == 2
     for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
@@ -305,7 +315,7 @@ def test_encode_raw_outputs_round_trip_little_endian() -> None:
 def test_encode_typed_outputs_only_the_requested_ones() -> None:
     outputs = model_outputs(2)
     response = pb.ModelInferResponse()
-    encode_outputs(response, outputs, ["logits"], raw=False)
+    encode_outputs(response, {"logits": outputs["logits"]}, raw=False)
     assert [t.name for t in response.outputs] == ["logits"]
     assert len(response.raw_output_contents) == 0
     values = np.array(response.outputs[0].contents.fp32_contents, dtype=np.float32)
@@ -314,9 +324,7 @@ def test_encode_typed_outputs_only_the_requested_ones() -> None:
 
 def test_encode_unknown_dtype_is_a_bug_not_bad_input() -> None:
     with pytest.raises(TypeError, match="no V2 encoding"):
-        encode_outputs(
-            pb.ModelInferResponse(), {"x": np.zeros(2, dtype=np.complex64)}, ["x"], raw=True
-        )
+        encode_outputs(pb.ModelInferResponse(), {"x": np.zeros(2, dtype=np.complex64)}, raw=True)
 
 
 # --- the timeout parameter -----------------------------------------------------------------
