@@ -157,10 +157,11 @@ serve: $(SERVE_STAMP) model ## Serve every model in model_repository on :8001 (m
 	exec $(SERVE_PY) -m mnist_serving_server --model-repository $(MODEL_REPOSITORY) \
 	  --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) --workers $(WORKERS)
 
-lint: $(VENV_STAMP) ## ruff (lint + format check) and mypy
+lint: $(VENV_STAMP) ## ruff (lint + format check), mypy, and the import layers (import-linter)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(TRAIN_VENV)/bin/lint-imports
 
 test-python: $(VENV_STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/interop

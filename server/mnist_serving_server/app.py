@@ -112,9 +112,7 @@ class ServingApp:
             observer_for=self.metrics.version_observer,
             on_state=self._on_model_state,
         )
-        self.dataplane = DataPlane(
-            self.models, control_mode=ModelControlMode(config.model_control_mode)
-        )
+        self.dataplane = DataPlane(self.models, control_mode=config.model_control_mode)
         self._poll_task: asyncio.Task[None] | None = None
         self._server: aio.Server | None = None
         self._metrics_server: MetricsServer | None = None

@@ -18,6 +18,7 @@ import argparse
 import os
 import types
 from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self, Union, get_args, get_origin
 
@@ -31,18 +32,17 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from mnist_serving_server.core.dataplane import ModelControlMode
+
 ENV_PREFIX = "MNIST_SERVING_"
 PROG = "mnist-serving"
 
 Provider = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-ModelControlMode = Literal["none", "explicit", "poll"]
 
 DEFAULT_MODEL_REPOSITORY = Path("model_repository")
-# The model an unset --default-model means when the repository holds it.
-DEFAULT_MODEL_NAME = "mnist"
-DEFAULT_MODEL_CONTROL_MODE: ModelControlMode = "explicit"
+DEFAULT_MODEL_CONTROL_MODE = ModelControlMode.EXPLICIT
 DEFAULT_REPOSITORY_POLL_SECS = 5.0
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8001
@@ -59,7 +59,7 @@ DEFAULT_GRACE_PERIOD_S = 20.0
 PROVIDERS: tuple[str, ...] = get_args(Provider)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
-MODEL_CONTROL_MODES: tuple[str, ...] = get_args(ModelControlMode)
+MODEL_CONTROL_MODES: tuple[str, ...] = tuple(mode.value for mode in ModelControlMode)
 # Callable without a bearer token unless configured otherwise: health, so Kubernetes probes
 # (which cannot send metadata) work, and reflection (the API's schema is public anyway).
 DEFAULT_AUTH_EXEMPT_SERVICES = (
@@ -355,7 +355,7 @@ def _describe(detail: ErrorDetails) -> str:
         says = f"must be <= {highest}, got {value}"
     elif kind == "greater_than":
         says = f"must be > {bounds.get('gt')}, got {value}"
-    elif kind == "literal_error":
+    elif kind in ("literal_error", "enum"):
         says = f"must be one of {', '.join(_choices(field))}, got {value!r}"
     else:  # malformed text (flags for numbers are parsed by argparse: from a variable)
         says = f"is not valid: {detail['msg']}, got {value!r}"
@@ -380,12 +380,13 @@ def _options(annotation: Any) -> tuple[Any, ...]:
 
 
 def _choices(field: FieldInfo) -> tuple[str, ...]:
-    return tuple(
-        str(choice)
-        for option in _options(field.annotation)
-        if get_origin(option) is Literal
-        for choice in get_args(option)
-    )
+    choices: list[str] = []
+    for option in _options(field.annotation):
+        if get_origin(option) is Literal:
+            choices.extend(str(choice) for choice in get_args(option))
+        elif isinstance(option, type) and issubclass(option, StrEnum):
+            choices.extend(member.value for member in option)
+    return tuple(choices)
 
 
 def _flag_type(field: FieldInfo) -> Callable[[str], Any]:

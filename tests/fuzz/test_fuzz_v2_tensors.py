@@ -157,7 +157,7 @@ def test_fp32_nan_inf_and_out_of_range_pixels(
         assert_served(reply, 1)
     else:
         assert_invalid(reply)
-        assert "FP32 pixels must be finite and in [0,1]" in reply.details
+        assert "FP32 values must be finite and in [0,1]" in reply.details
 
 
 @FUZZ_SETTINGS

@@ -25,6 +25,8 @@ from mnist_serving_server.core.registry import (
     ServedVersion,
 )
 
+NOT_READY_MESSAGE = "the server is not ready: warming up or shutting down"
+
 
 class ModelControlMode(StrEnum):
     """How the repository may change while serving (Triton's names)."""
@@ -72,12 +74,17 @@ class DataPlane:
     # --- lookup and inference ----------------------------------------------------------------
 
     def model(self, name: str, version: str) -> ServedVersion:
-        """The served version a request names; ModelNotFoundError names what is served."""
+        """The served version a request names; ModelNotFoundError names what is served.
+
+        NotReadyError while warming up or shutting down: not found then would be a lie.
+        """
+        if not self._ready:
+            raise NotReadyError(NOT_READY_MESSAGE)
         return self.registry.resolve(name, version)
 
     def classifier(self, name: str, version: str) -> tuple[ServedVersion, ClassifierContract]:
         """The version and its image contract, or FailedPreconditionError for other models."""
-        served = self.registry.resolve(name, version)
+        served = self.model(name, version)
         contract = served.classifier
         if contract is None:
             raise FailedPreconditionError(served.classifier_problem)
@@ -92,7 +99,7 @@ class DataPlane:
         registry's swap relies on it; see registry.py).
         """
         if not self._ready:
-            raise NotReadyError("the server is not ready: warming up or shutting down")
+            raise NotReadyError(NOT_READY_MESSAGE)
         statistics = served.statistics
         started = time.perf_counter()
         try:

@@ -200,7 +200,10 @@ def test_workers_inherit_the_auth_settings(model_repository: Path, tmp_path: Pat
             f"http://127.0.0.1:{port}/metrics", timeout=SOCKET_TIMEOUT_S
         ) as response:
             text = response.read().decode()
-        refused = 'mnist_serving_requests_total{code="UNAUTHENTICATED",method="Classify"}'
+        refused = (
+            'mnist_serving_requests_total{code="UNAUTHENTICATED",method="Classify",model="",'
+            'protocol="grpc",version=""}'
+        )
         assert f"{refused} {float(CALLS_PER_KIND)}" in text
         assert server.stop() == EXIT_OK
 

@@ -65,10 +65,11 @@ def test_serve_and_classify_real_digits(
     labels = [prediction.label for prediction in response.predictions]
     assert labels == np.asarray(expected).argmax(axis=1).tolist()
     log_lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
-    started = [line for line in log_lines if line.get("message") == "serving (warming up)"]
+    started = [line for line in log_lines if line.get("message") == "serving (loading models)"]
     assert started, server.output()
     assert started[0]["grpc_port"] == server.grpc_port
-    assert started[0]["sha256"]
+    assert started[0]["default_model"] == "mnist"
+    assert any(line.get("message", "").startswith("model ready: mnist") for line in log_lines)
     assert any(line.get("message") == "stopped" for line in log_lines)
 
 
@@ -77,7 +78,7 @@ def test_missing_model_exits_1_with_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == EXIT_START_FAILED
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("mnist-serving: error: no versions of model 'mnist'")
+    assert last_line.startswith("mnist-serving: error: no models in the repository")
     assert str(tmp_path) in last_line
 
 

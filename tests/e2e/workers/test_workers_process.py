@@ -54,6 +54,8 @@ def workers_server(model_repository: Path) -> Iterator[ServerProcess]:
         "0",
         "--max-queue-size",
         str(WORKER_QUEUE_SIZE),
+        "--max-images-per-request",
+        str(WORKER_QUEUE_SIZE),
         timeout_s=START_TIMEOUT_S,
     ) as server:
         yield server
@@ -188,12 +190,19 @@ def test_two_workers_share_the_port_and_answer_correctly(
             channel.close()
 
     samples = scrape(workers_server)
-    ok = samples[("mnist_serving_requests_total", (("code", "OK"), ("method", "Classify")))]
+    ok = sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "mnist_serving_requests_total"
+        and {("code", "OK"), ("method", "Classify")} <= set(labels)
+    )
     assert ok == sent
-    assert samples[("mnist_serving_batch_size_sum", ())] == sent * IMAGES_PER_REQUEST
+    images = sum(v for (name, _), v in samples.items() if name == "mnist_serving_batch_size_sum")
+    assert images == sent * IMAGES_PER_REQUEST
     assert samples[("mnist_serving_inflight_requests", ())] == 0
     # Each worker has a queue of its own: the pod holds their sum (as queue_depth sums).
-    assert samples[("mnist_serving_queue_capacity", ())] == WORKERS * WORKER_QUEUE_SIZE
+    capacity = sum(v for (name, _), v in samples.items() if name == "mnist_serving_queue_capacity")
+    assert capacity == WORKERS * WORKER_QUEUE_SIZE
     model_info = [key for key in samples if key[0] == "mnist_serving_model_info"]
     assert len(model_info) == 1, model_info
     assert samples[model_info[0]] == 1

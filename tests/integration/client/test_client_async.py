@@ -14,7 +14,7 @@ from mnist_serving_client import (
     AsyncClient,
     Client,
     DeadlineExceededError,
-    OverloadedError,
+    InvalidInputError,
     RetryPolicy,
     ServingStatus,
 )
@@ -72,20 +72,27 @@ async def test_concurrent_calls_share_one_client(server, sample_digits):
     assert [p.label for p in predictions] == [p.label for p in reference["classify"]]
 
 
-async def test_request_larger_than_the_queue_is_overloaded(start_app: StartApp):
-    app = await start_app(max_queue_size=TINY_QUEUE_IMAGES)
+async def test_request_larger_than_the_queue_is_invalid_not_overloaded(start_app: StartApp):
+    app = await start_app(
+        max_queue_size=TINY_QUEUE_IMAGES, max_images_per_request=TINY_QUEUE_IMAGES
+    )
     async with AsyncClient(app.target, retry=NO_RETRY) as client:
-        with pytest.raises(OverloadedError) as caught:
+        with pytest.raises(InvalidInputError) as caught:
             await client.classify(np.zeros((TINY_QUEUE_IMAGES + 1, 28, 28), np.uint8))
-    assert caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "queue" in caught.value.message
+    # Permanent, so not RESOURCE_EXHAUSTED (which clients retry as load).
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {TINY_QUEUE_IMAGES} per request" in caught.value.message
 
 
 async def test_full_queue_is_retried_until_it_drains(
     start_app: StartApp, runtime_gate: RuntimeGate, sample_digits
 ):
     images, _ = sample_digits
-    app = await start_app(max_queue_size=TINY_QUEUE_IMAGES, max_batch_size=TINY_QUEUE_IMAGES)
+    app = await start_app(
+        max_queue_size=TINY_QUEUE_IMAGES,
+        max_batch_size=TINY_QUEUE_IMAGES,
+        max_images_per_request=TINY_QUEUE_IMAGES,
+    )
     retry = RetryPolicy(max_attempts=5, initial_backoff_s=0.5, max_backoff_s=2.0)
     async with AsyncClient(app.target, retry=retry, timeout_s=30) as client:
         runtime_gate.close()

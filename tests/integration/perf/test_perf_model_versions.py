@@ -1,4 +1,4 @@
-"""Serving a chosen version (`--model-version`), and the INT8 model as version 2.
+"""Versions side by side (a config.pbtxt version policy), and the INT8 model as version 2.
 
 The INT8 model is made here the way `--quantize int8` makes it (training's quantize_int8:
 static QDQ, conv1 and the first pool kept FP32, QDQPropagationTransformer disabled through
@@ -26,7 +26,6 @@ from tests.integration.server.classify_support import ReferenceModel, raw_reques
 
 FP32_VERSION = 1
 INT8_VERSION = 2
-MISSING_VERSION = 7
 CALIBRATION_IMAGES = 200
 # Training measured 99.9% agreement between INT8 and FP32 labels on these digits.
 MIN_LABEL_AGREEMENT = 0.98
@@ -64,7 +63,8 @@ async def start_versions_app(
     apps: list[ServingApp] = []
 
     async def start(**overrides: Any) -> ServingApp:
-        app = ServingApp(app_config(two_version_repository, **overrides))
+        repository = overrides.pop("model_repository", two_version_repository)
+        app = ServingApp(app_config(repository, **overrides))
         await app.start()
         apps.append(app)
         return app
@@ -74,15 +74,17 @@ async def start_versions_app(
         await app.stop(drain_delay_s=0)
 
 
-async def served_labels(target: str, digits: np.ndarray) -> tuple[list[int], set[str]]:
+async def served_labels(
+    target: str, digits: np.ndarray, version: str = ""
+) -> tuple[list[int], set[str]]:
     labels: list[int] = []
     versions: set[str] = set()
     async with aio.insecure_channel(target) as channel:
         stub = classifier_pb2_grpc.ClassifierStub(channel)
         for start in range(0, len(digits), IMAGES_PER_REQUEST):
-            reply = await stub.Classify(
-                raw_request(digits[start : start + IMAGES_PER_REQUEST]), timeout=RPC_TIMEOUT_S
-            )
+            request = raw_request(digits[start : start + IMAGES_PER_REQUEST])
+            request.model_version = version
+            reply = await stub.Classify(request, timeout=RPC_TIMEOUT_S)
             labels.extend(prediction.label for prediction in reply.predictions)
             versions.add(reply.model_version)
     return labels, versions
@@ -106,23 +108,35 @@ async def test_the_highest_version_is_served_by_default_and_int8_agrees_with_fp3
     assert agreement >= MIN_LABEL_AGREEMENT, agreement
 
 
-async def test_model_version_selects_an_older_version(
+def with_policy(repository: Path, tmp_path: Path, policy: str) -> Path:
+    """A copy of `repository` whose mnist/config.pbtxt sets `version_policy: { policy }`."""
+    copy = tmp_path / "repository"
+    shutil.copytree(repository, copy)
+    (copy / "mnist" / "config.pbtxt").write_text(f"version_policy: {{ {policy} }}\n")
+    return copy
+
+
+async def test_a_version_policy_serves_both_and_a_request_picks_the_older(
     start_versions_app: StartVersionsApp,
     two_version_repository: Path,
+    tmp_path: Path,
     sample_digits: tuple[Any, Any],
 ) -> None:
-    app = await start_versions_app(model_version=FP32_VERSION)
-    assert app.dataplane.model("", "").info.version == str(FP32_VERSION)
+    repository = with_policy(two_version_repository, tmp_path, "all: {}")
+    app = await start_versions_app(model_repository=repository)
+    assert app.dataplane.model("", "").info.version == str(INT8_VERSION)  # latest by default
+    assert app.dataplane.model("mnist", str(FP32_VERSION)).info.version == str(FP32_VERSION)
     images, _ = sample_digits
     digits = images[:IMAGES_PER_REQUEST]
-    labels, versions = await served_labels(app.target, digits)
+    labels, versions = await served_labels(app.target, digits, version=str(FP32_VERSION))
     assert versions == {str(FP32_VERSION)}
     fp32 = ReferenceModel(two_version_repository / "mnist" / str(FP32_VERSION))
     assert labels == fp32.probabilities(digits).argmax(axis=1).tolist()
 
 
-async def test_a_missing_version_fails_the_start_naming_the_available_ones(
-    start_versions_app: StartVersionsApp,
+async def test_a_policy_naming_a_missing_version_fails_the_start_naming_the_policy(
+    start_versions_app: StartVersionsApp, two_version_repository: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(ModelLoadError, match=r"version 7 .*available versions: \[1, 2\]"):
-        await start_versions_app(model_version=MISSING_VERSION)
+    repository = with_policy(two_version_repository, tmp_path, "specific: { versions: [7] }")
+    with pytest.raises(ModelLoadError, match=r"no version of 'mnist' to serve.*specific \[7\]"):
+        await start_versions_app(model_repository=repository)

@@ -381,8 +381,8 @@ async def test_a_broken_model_is_reported_and_the_others_serve(
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         index = index_of(await stub.RepositoryIndex(pb.RepositoryIndexRequest()))
     assert index[("mnist", "1")] == ("READY", "")
-    assert index[("broken", "")][0] == "UNAVAILABLE"
-    assert "cannot load ONNX model" in index[("broken", "")][1]
+    assert index[("broken", "1")][0] == "UNAVAILABLE"
+    assert "cannot load ONNX model" in index[("broken", "1")][1]
     assert index[("fashion", "")][0] == "UNAVAILABLE"
     assert "config.pbtxt" in index[("fashion", "")][1]
 

@@ -65,6 +65,7 @@ ACCEPTANCE_MAX_CALLS = 2_000_000
 MAX_REJECTION_P99_MS = 5.0
 MAX_ACCEPTED_P99_FACTOR = 3.0
 REPORT_ENV = "MNIST_SERVING_OVERLOAD_REPORT"
+QUEUE_DEPTH = "mnist_serving_queue_depth{model=mnist,version=1}"
 ACCEPTANCE_TIMEOUT_S = 240
 
 
@@ -86,10 +87,7 @@ async def settled(server: ServerProcess) -> dict[str, float]:
     deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT_S
     while True:
         values = await asyncio.to_thread(scrape, server.metrics_port)
-        idle = (
-            values["mnist_serving_inflight_requests{}"] == 0
-            and values["mnist_serving_queue_depth{}"] == 0
-        )
+        idle = values["mnist_serving_inflight_requests{}"] == 0 and values[QUEUE_DEPTH] == 0
         if idle or asyncio.get_running_loop().time() > deadline:
             return values
         await asyncio.sleep(SETTLE_POLL_S)
@@ -113,6 +111,8 @@ def overload_server(model_repository: Path, *extra_args: str) -> ServerProcess:
         model_repository,
         "--max-queue-size",
         SMALL_QUEUE_IMAGES,
+        "--max-images-per-request",
+        SMALL_QUEUE_IMAGES,
         "--max-batch-size",
         SMALL_BATCH_IMAGES,
         "--drain-delay-s",
@@ -132,9 +132,10 @@ def assert_shed_cleanly(result: LoadResult, server_values: dict[str, float]) -> 
         server_values["mnist_serving_rejections_total{reason=queue_full}"]
         >= result.codes[grpc.StatusCode.RESOURCE_EXHAUSTED]
     )
-    assert server_values.get("mnist_serving_requests_total{code=INTERNAL,method=Classify}", 0) == 0
+    internal = "code=INTERNAL,method=Classify,model=mnist,protocol=grpc,version=1"
+    assert server_values.get(f"mnist_serving_requests_total{{{internal}}}", 0) == 0
     assert server_values["mnist_serving_inflight_requests{}"] == 0
-    assert server_values["mnist_serving_queue_depth{}"] == 0
+    assert server_values[QUEUE_DEPTH] == 0
 
 
 async def test_overload_is_shed_with_resource_exhausted_and_nothing_else(
@@ -190,6 +191,8 @@ async def test_overload_acceptance_fast_rejections_bounded_latency_and_memory(
         with overload_server(
             model_repository,
             "--max-queue-size",
+            ACCEPTANCE_QUEUE_IMAGES,
+            "--max-images-per-request",
             ACCEPTANCE_QUEUE_IMAGES,
             "--max-batch-size",
             ACCEPTANCE_BATCH_IMAGES,

@@ -13,6 +13,7 @@ from mnist_serving_proto import classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
 from tests.integration.client.certificates import CertificateFiles, make_certificates
 from tests.integration.server.classify_support import raw_request
+from tests.metrics_support import sample_sum
 
 RPC_TIMEOUT_S = 10
 ONE_DIGIT = np.zeros((1, 28, 28), dtype=np.uint8)
@@ -58,7 +59,7 @@ async def classify_code(
 
 
 def metric(app: ServingApp, name: str, **labels: str) -> float:
-    value = app.registry.get_sample_value(name, labels)
+    value = sample_sum(app.registry, name, labels)
     return 0.0 if value is None else value
 
 

@@ -165,7 +165,11 @@ async def test_metrics_bound_to_localhost_only(start_app: StartApp, tmp_path: Pa
     assert port is not None
     text = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
     assert f'mnist_serving_rejections_total{{reason="{REASON_UNAUTHENTICATED}"}} 1.0' in text
-    assert 'mnist_serving_requests_total{code="UNAUTHENTICATED",method="Classify"} 1.0' in text
+    refused = (
+        'mnist_serving_requests_total{code="UNAUTHENTICATED",method="Classify",model="",'
+        'protocol="grpc",version=""} 1.0'
+    )
+    assert refused in text
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((OTHER_LOOPBACK_ADDRESS, port), timeout=METRICS_TIMEOUT_S)
 

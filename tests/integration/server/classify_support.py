@@ -14,6 +14,7 @@ from PIL import Image as PilImage
 
 from mnist_serving_proto import classifier_pb2
 from mnist_serving_server.app import ServingApp
+from tests.metrics_support import sample_sum
 
 IMAGE_SHAPE = (28, 28)
 # The acceptance bound: served probabilities equal ONNX Runtime run directly on the pixels.
@@ -56,7 +57,7 @@ def served_probabilities(response: classifier_pb2.ClassifyResponse) -> np.ndarra
 
 def metric(app: ServingApp, name: str, **labels: str) -> float:
     """A sample's current value in the app's registry (0 when it has not been observed)."""
-    value = app.registry.get_sample_value(name, labels)
+    value = sample_sum(app.registry, name, labels)
     return 0.0 if value is None else value
 
 

@@ -125,7 +125,7 @@ async def test_unknown_model_or_version_is_not_found(
     error = await classify_error(classifier_stub, raw_request(ONE_DIGIT, **fields))
     assert error.code is grpc.StatusCode.NOT_FOUND
     assert named in error.details
-    assert "available: mnist" in error.details
+    assert "served: mnist" in error.details or "versions served: 1" in error.details
 
 
 async def test_message_over_the_size_limit_is_refused(start_app: StartApp) -> None:
@@ -135,18 +135,25 @@ async def test_message_over_the_size_limit_is_refused(start_app: StartApp) -> No
     assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_request_larger_than_the_queue_is_resource_exhausted(start_app: StartApp) -> None:
-    app = await start_app(max_queue_size=TINY_QUEUE_IMAGES)
+async def test_request_larger_than_the_queue_is_invalid_not_load(start_app: StartApp) -> None:
+    # Permanent: retrying can never succeed, so it must not look like load shedding.
+    app = await start_app(
+        max_queue_size=TINY_QUEUE_IMAGES, max_images_per_request=TINY_QUEUE_IMAGES
+    )
     async with aio.insecure_channel(app.target) as channel:
         error = await classify_error(stub_for(channel), raw_request(np.zeros((5, 28, 28))))
-    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "larger than the queue limit 4" in error.details
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 4 per request" in error.details
 
 
 async def test_full_queue_is_resource_exhausted_and_queued_calls_still_complete(
     start_app: StartApp, runtime_gate: RuntimeGate
 ) -> None:
-    app = await start_app(max_queue_size=TINY_QUEUE_IMAGES, max_batch_size=TINY_QUEUE_IMAGES)
+    app = await start_app(
+        max_queue_size=TINY_QUEUE_IMAGES,
+        max_batch_size=TINY_QUEUE_IMAGES,
+        max_images_per_request=TINY_QUEUE_IMAGES,
+    )
     async with aio.insecure_channel(app.target) as channel:
         stub = stub_for(channel)
         runtime_gate.close()

@@ -60,9 +60,17 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
+def total(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """The sum of `name` over every label set that has `labels`."""
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and labels.items() <= dict(sample_labels).items()
+    )
+
+
 def requests_total(samples: dict[Any, float], method: str, code: str) -> float:
-    key = ("mnist_serving_requests_total", (("code", code), ("method", method)))
-    return samples.get(key, 0.0)
+    return total(samples, "mnist_serving_requests_total", method=method, code=code)
 
 
 async def test_health_is_not_serving_until_warm_then_serving(start_app: StartApp) -> None:
@@ -119,10 +127,11 @@ async def test_metrics_parse_and_request_counters_move_by_the_calls_made(
         "mnist_serving_model_info",
     ):
         assert expected in names, expected
-    assert after[("mnist_serving_batch_size_sum", ())] >= OK_CALLS
-    duration_count = after[
-        ("mnist_serving_request_duration_seconds_count", (("method", "Classify"),))
-    ]
+    served = {"model": "mnist", "version": model_dir.name}
+    assert total(after, "mnist_serving_batch_size_sum", **served) >= OK_CALLS
+    duration_count = total(
+        after, "mnist_serving_request_duration_seconds_count", method="Classify", **served
+    )
     assert duration_count == OK_CALLS + 1
     sha256 = hashlib.sha256((model_dir / "model.onnx").read_bytes()).hexdigest()
     (info_labels,) = [labels for name, labels in after if name == "mnist_serving_model_info"]
@@ -130,7 +139,8 @@ async def test_metrics_parse_and_request_counters_move_by_the_calls_made(
     assert dict(info_labels)["model"] == "mnist"
     assert dict(info_labels)["version"] == model_dir.name
     assert after[("mnist_serving_inflight_requests", ())] == 0
-    assert after[("mnist_serving_queue_capacity", ())] == server.config.max_queue_size
+    capacity = total(after, "mnist_serving_queue_capacity", **served)
+    assert capacity == server.config.max_queue_size
 
 
 async def test_reflection_lists_the_services(server: ServingApp, channel: aio.Channel) -> None:

@@ -15,6 +15,7 @@ from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.app import ServingApp
 from tests.integration.conftest import StartApp
 from tests.integration.v2.v2_helpers import MODEL_NAME, raw_infer_request
+from tests.metrics_support import sample_sum
 
 SERVED_VERSION = "1"
 
@@ -73,7 +74,7 @@ async def test_model_metadata(v2_stub: pb_grpc.GRPCInferenceServiceAsyncStub, ve
 @pytest.mark.parametrize(
     ("name", "version", "message"),
     [
-        ("fashion", "", "model 'fashion' is not served; available: mnist (versions 1)"),
+        ("fashion", "", "model 'fashion' is not in the repository; models served: mnist"),
         (MODEL_NAME, "7", "version '7' of model 'mnist' is not served"),
     ],
 )
@@ -90,8 +91,8 @@ async def test_metadata_rpcs_are_counted_by_method(
     server: ServingApp, v2_stub: pb_grpc.GRPCInferenceServiceAsyncStub
 ) -> None:
     def count(method: str, code: str) -> float:
-        value = server.registry.get_sample_value(
-            "mnist_serving_requests_total", {"method": method, "code": code}
+        value = sample_sum(
+            server.registry, "mnist_serving_requests_total", {"method": method, "code": code}
         )
         return value or 0.0
 

@@ -23,6 +23,7 @@ from tests.integration.v2.v2_helpers import (
     reference_outputs,
     wait_until,
 )
+from tests.metrics_support import sample_sum
 
 TOLERANCE = 1e-6
 STREAM_REQUESTS = 40
@@ -52,8 +53,10 @@ async def test_stream_replies_in_order_with_ids_and_per_request_errors(
                 request.raw_input_contents[0] = b"short"
             yield request
 
-    before = server.registry.get_sample_value(
-        "mnist_serving_requests_total", {"method": "ModelStreamInfer", "code": "OK"}
+    before = sample_sum(
+        server.registry,
+        "mnist_serving_requests_total",
+        {"method": "ModelStreamInfer", "code": "OK"},
     )
     replies = [reply async for reply in v2_stub.ModelStreamInfer(requests())]
     assert [r.infer_response.id for r in replies] == [f"r{i}" for i in range(STREAM_REQUESTS)]
@@ -69,8 +72,10 @@ async def test_stream_replies_in_order_with_ids_and_per_request_errors(
                 expected["probabilities"][index],
                 atol=TOLERANCE,
             )
-    after = server.registry.get_sample_value(
-        "mnist_serving_requests_total", {"method": "ModelStreamInfer", "code": "OK"}
+    after = sample_sum(
+        server.registry,
+        "mnist_serving_requests_total",
+        {"method": "ModelStreamInfer", "code": "OK"},
     )
     assert (after or 0) - (before or 0) == 1  # a stream counts once, when it ends
 
@@ -86,7 +91,9 @@ async def test_stream_unknown_model_is_reported_in_the_reply(
 
     replies = [reply async for reply in v2_stub.ModelStreamInfer(one())]
     assert len(replies) == 1
-    assert replies[0].error_message.startswith("NOT_FOUND: model 'fashion' is not served")
+    assert replies[0].error_message.startswith(
+        "NOT_FOUND: model 'fashion' is not in the repository"
+    )
     assert replies[0].infer_response.id == "x"
 
 
@@ -101,7 +108,7 @@ async def test_stream_with_no_requests_ends_cleanly(
 
 
 def histogram(app: ServingApp, suffix: str, labels: dict[str, str] | None = None) -> float:
-    return app.registry.get_sample_value(f"mnist_serving_batch_size_{suffix}", labels) or 0.0
+    return sample_sum(app.registry, f"mnist_serving_batch_size_{suffix}", labels) or 0.0
 
 
 def batches_above(app: ServingApp, size: int, limit: int) -> float:

@@ -14,13 +14,19 @@ from tests.unit.deploy.metric_contract import (
     selectors,
 )
 
-EXPECTED_METRIC_COUNT = 10
+EXPECTED_METRIC_COUNT = 11
 
 
 def test_contract_is_read_from_the_architecture_doc() -> None:
     contract = read_contract()
     assert len(contract.metrics) == EXPECTED_METRIC_COUNT
-    assert contract.metrics["mnist_serving_requests_total"].labels == {"method", "code"}
+    assert contract.metrics["mnist_serving_requests_total"].labels == {
+        "protocol",
+        "method",
+        "model",
+        "version",
+        "code",
+    }
     assert contract.metrics["mnist_serving_request_duration_seconds"].type == "histogram"
     assert "queue_full" in contract.label_values["reason"]
     assert {"Classify", "ModelInfer", "ServerMetadata"} <= contract.label_values["method"]
@@ -54,7 +60,7 @@ def test_dashboard_panels_have_unique_ids_and_a_prometheus_datasource() -> None:
         ('mnist_serving_requests_total{rpc="Classify"}', "has no label 'rpc'"),
         ('mnist_serving_requests_total{method="Clasify"}', "value 'Clasify'"),
         ('mnist_serving_requests_total{code=~"OK|INTERNL"}', "value 'INTERNL'"),
-        ("sum by (model) (rate(mnist_serving_requests_total[1m]))", "grouping by 'model'"),
+        ("sum by (pod_name) (rate(mnist_serving_requests_total[1m]))", "grouping by 'pod_name'"),
         ('mnist_serving_queue_depth{le="1"}', "has no label 'le'"),
         ("vector(1)", "no metric selector found"),
     ],
