@@ -97,7 +97,7 @@ class Server:
 def measure(server: Server, body: Path, duration_s: float, warmup_s: float) -> dict[str, Any]:
     command = [
         "h2load", "-c", str(CONNECTIONS), "-m", str(STREAMS_PER_CONNECTION),
-        "-D", str(duration_s), "--warm-up-time", str(warmup_s),
+        "-D", f"{round(duration_s)}s", "--warm-up-time", f"{round(warmup_s)}s",
         "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
         f"http://127.0.0.1:{server.port}{METHOD_PATH}",
     ]  # fmt: skip
@@ -110,6 +110,8 @@ def measure(server: Server, body: Path, duration_s: float, warmup_s: float) -> d
         time.monotonic(),
     )
     output, _ = process.communicate(timeout=duration_s + warmup_s + 60)
+    if process.returncode != 0:
+        raise RuntimeError(f"h2load failed ({process.returncode}): {output[-2000:]}")
     cpu_end, ok_end, ended = (
         cpu_seconds(server.process.pid),
         ok_infers(server.metrics_port),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -47,15 +46,20 @@ WIRE_DTYPES: Final[Mapping[str, np.dtype[Any]]] = {
 }
 
 
-@dataclass(frozen=True)
 class InputPlan:
-    """A request tensor accepted for the model's input: how many rows and how to convert."""
+    """A request tensor accepted for the model's input: how many rows and how to convert.
 
-    spec: TensorSpec
-    datatype: str
-    """What the client sent (the model's datatype, or FP32 for a UINT8 input)."""
-    shape: tuple[int, ...]
-    """The model-shaped array the values become ([n, ...] in the graph's rank)."""
+    A plain class with __slots__: one is built per request (a frozen dataclass costs more).
+    """
+
+    __slots__ = ("datatype", "shape", "spec")
+
+    def __init__(self, spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
+        self.spec = spec
+        self.datatype = datatype
+        """What the client sent (the model's datatype, or FP32 for a UINT8 input)."""
+        self.shape = shape
+        """The model-shaped array the values become ([n, ...] in the graph's rank)."""
 
     @property
     def rows(self) -> int:
@@ -85,18 +89,17 @@ def plan_input(
     spec: TensorSpec, name: str, datatype: str, shape: Sequence[int], *, max_rows: int
 ) -> InputPlan:
     """Check one request tensor's name, datatype and shape against the model's input."""
-    expected = f"the model takes one input {spec.name!r}: {describe_input(spec)}"
     if name != spec.name:
-        raise InvalidInputError(f"unknown input {name!r}; {expected}")
+        raise InvalidInputError(f"unknown input {name!r}; {_expected(spec)}")
     if datatype != spec.datatype and not (spec.datatype == UINT8 and datatype == FP32):
         raise InvalidInputError(
-            f"input {name!r}: datatype {datatype!r} is not accepted; {expected}"
+            f"input {name!r}: datatype {datatype!r} is not accepted; {_expected(spec)}"
         )
-    dims = tuple(int(d) for d in shape)
+    dims = tuple(shape)
     model_shape = _model_shape(spec, dims)
     if model_shape is None:
         raise InvalidInputError(
-            f"input {name!r}: shape {format_shape(dims)} is not accepted; {expected}"
+            f"input {name!r}: shape {format_shape(dims)} is not accepted; {_expected(spec)}"
         )
     if model_shape[0] < 1:
         raise InvalidInputError(
@@ -108,6 +111,11 @@ def plan_input(
             "request (max_images_per_request): split it into several requests"
         )
     return InputPlan(spec=spec, datatype=datatype, shape=model_shape)
+
+
+def _expected(spec: TensorSpec) -> str:
+    """Built only for an error message: plan_input runs on every request."""
+    return f"the model takes one input {spec.name!r}: {describe_input(spec)}"
 
 
 def _model_shape(spec: TensorSpec, dims: tuple[int, ...]) -> tuple[int, ...] | None:

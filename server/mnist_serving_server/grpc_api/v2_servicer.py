@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable
 from importlib import metadata
 from typing import Any, Final, TypeAlias
 
-import numpy as np
 from grpc import aio
 
 from mnist_serving_proto import open_inference_pb2 as pb
@@ -254,16 +253,17 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             _plus(started, v2_tensors.queue_timeout_s(request)),
         )
         outputs = await self._dataplane.infer(served, decoded.array, deadline=deadline)
-        selected: dict[str, np.ndarray] = {}
-        for output in requested:
-            array = outputs[output.name]
-            if output.class_count:
-                array = classification(array, output.class_count, info.labels)
-            selected[output.name] = array
+        if requested is not None:
+            outputs = {
+                output.name: classification(outputs[output.name], output.class_count, info.labels)
+                if output.class_count
+                else outputs[output.name]
+                for output in requested
+            }
         response = pb.ModelInferResponse(
             model_name=info.name, model_version=info.version, id=request.id
         )
-        v2_tensors.encode_outputs(response, selected, raw=decoded.raw)
+        v2_tensors.encode_outputs(response, outputs, raw=decoded.raw)
         return response
 
 

@@ -137,10 +137,10 @@ def _typed_values(tensor: pb.ModelInferRequest.InferInputTensor, values: int) ->
 
 def select_outputs(
     request: pb.ModelInferRequest, model_outputs: Sequence[str]
-) -> tuple[RequestedOutput, ...]:
-    """The outputs to return, in order: those requested, else every model output."""
+) -> tuple[RequestedOutput, ...] | None:
+    """The outputs to return, in order; None when none is named (every output, as computed)."""
     if not request.outputs:
-        return tuple(RequestedOutput(name) for name in model_outputs)
+        return None
     selected: list[RequestedOutput] = []
     for output in request.outputs:
         if output.name not in model_outputs:

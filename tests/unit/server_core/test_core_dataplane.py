@@ -66,7 +66,9 @@ async def test_nothing_is_ready_or_computed_before_set_ready(registry: ModelRegi
     assert not is_ready(plane)
     assert not accepting(plane)
     assert not plane.model_ready(REGRESSOR, "")
-    served = plane.model(REGRESSOR, "")
+    with pytest.raises(NotReadyError, match="not ready"):
+        plane.model(REGRESSOR, "")  # not NOT_FOUND: the model is there, just not yet ready
+    served = registry.resolve(REGRESSOR, "")
     with pytest.raises(NotReadyError, match="not ready"):
         await plane.infer(served, features(1), deadline=None)
     assert served.statistics.success.count == 0
@@ -169,6 +171,7 @@ async def test_classifier_gives_the_image_contract_and_refuses_the_regressor(
     registry: ModelRegistry,
 ) -> None:
     plane = DataPlane(registry, control_mode=ModelControlMode.EXPLICIT)
+    plane.set_ready(True)
     served, contract = plane.classifier("mnist", "")
     assert served.name == "mnist"
     assert contract.image_shape == served.info.inputs[0].shape[1:]
