@@ -365,8 +365,9 @@ class ModelRegistry:
             with contextlib.suppress(FailedPreconditionError, ModelNotFoundError):
                 await self.load(name)  # a failure is logged and shown in the index
         for name in sorted(set(self._models) - present):
-            if self._models[name].versions:
-                await self.unload(name)
+            await self.unload(name)
+            if name not in self._loadable_names():  # still gone: forget it entirely
+                self._models.pop(name, None)
 
     # --- internals -------------------------------------------------------------------------
 
