@@ -41,8 +41,9 @@ METRICS_PORT ?= 8002
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-# Debian packages the tests use: real Fashion-MNIST files and a real Prometheus.
-DEBIAN_PACKAGES ?= dataset-fashion-mnist prometheus
+# Debian packages the tests use: real Fashion-MNIST files, a real Prometheus, and headless
+# Chromium with its WebDriver for the drawing page's browser test (tests/e2e/browser).
+DEBIAN_PACKAGES ?= dataset-fashion-mnist prometheus chromium chromium-driver
 
 # apt-get needs root: use sudo when make runs as another user.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

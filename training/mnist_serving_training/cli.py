@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
+        "--no-features-model",
+        action="store_true",
+        help="skip <model-name>_features/<version>: the first Conv + ReLU of the exported "
+        "graph (feature maps for the drawing page)",
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="IDX files / download folder for auto"
     )
     return parser
@@ -115,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=args.version,
         quantize=args.quantize,
         plots=not args.no_plots,
+        features_model=not args.no_features_model,
         command=shlex.join(["python", "-m", "mnist_serving_training", *arguments]),
         make_command=os.environ.get(MAKE_COMMAND_ENV) or None,
     )

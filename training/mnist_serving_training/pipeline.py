@@ -50,6 +50,8 @@ class TrainingJob:
     version: int | None = None
     quantize: str = "none"
     plots: bool = True
+    # Also write <model>_features/<version>: the first Conv + ReLU, for the drawing page.
+    features_model: bool = True
     show_progress: bool = True
     # How the job was started, for the report: the command line and, from make, the make command.
     command: str | None = None
@@ -72,6 +74,33 @@ def _final_evaluation(split: DatasetSplit, result: TrainResult) -> dict[str, Any
         "per_class_accuracy": per_class_accuracy(matrix),
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def _write_features_version(
+    job: TrainingJob, parent_dir: Path, version: int, result: TrainResult, split: DatasetSplit
+) -> Path:
+    """Write ``<model>_features/<version>/model.onnx``, cut out of the exported parent."""
+    from mnist_serving_training.features import (
+        check_features_parity,
+        features_model_name,
+        write_features_model,
+    )
+
+    features_dir = job.output_dir / features_model_name(job.model_name)
+    with staged_version(features_dir, version) as staging:
+        path = staging / MODEL_FILENAME
+        write_features_model(
+            parent_dir / MODEL_FILENAME, path, parent_model=job.model_name, parent_version=version
+        )
+        parity = check_features_parity(path, result.model, split.test_images)
+    logger.info(
+        "wrote %s (first Conv + ReLU of %s): max |conv1_torch - conv1_onnx| = %.2e on %d images",
+        features_dir / str(version),
+        parent_dir,
+        parity.max_abs_diff,
+        parity.images,
+    )
+    return features_dir / str(version)
 
 
 def run_job(job: TrainingJob) -> Path:
@@ -165,6 +194,8 @@ def run_job(job: TrainingJob) -> Path:
         job.epochs,
         report["wall_time_s"],
     )
+    if job.features_model:
+        _write_features_version(job, final_dir, version, result, split)
     if job.quantize == "int8":
         from mnist_serving_training.quantize import write_int8_version
 

@@ -26,6 +26,7 @@ CLI_FLAGS = (
     "--version",
     "--quantize",
     "--no-plots",
+    "--no-features-model",
     "--data-dir",
 )
 REPORT_KEYS = {
@@ -109,6 +110,24 @@ def test_cli_writes_fp32_and_int8_versions(tmp_path: Path, small_split: DatasetS
     assert metadata["labels"] == json.dumps(report["labels"])
     # Nothing half-written is left behind.
     assert sorted(p.name for p in (repository / "digits").iterdir()) == ["1", "2"]
+    # The companion features model of the FP32 version (the drawing page's feature maps).
+    features_dir = repository / "digits_features"
+    assert sorted(p.name for p in features_dir.iterdir()) == ["1"]
+    assert sorted(p.name for p in (features_dir / "1").iterdir()) == ["model.onnx"]
+    features_metadata = {
+        p.key: p.value for p in onnx.load(str(features_dir / "1" / "model.onnx")).metadata_props
+    }
+    assert features_metadata["parent_model"] == "digits"
+    assert features_metadata["parent_version"] == "1"
+    assert features_metadata["parent_sha256"] == report["model_sha256"]
+
+
+def test_cli_can_skip_the_features_model(tmp_path: Path, small_split: DatasetSplit) -> None:
+    idx_dir = tmp_path / "idx"
+    write_idx_dir(idx_dir, small_split, True, CLI_TRAIN_COUNT, CLI_TEST_COUNT)
+    argv = ["--dataset", f"idx:{idx_dir}", "--epochs", "1", "--no-plots", "--no-features-model"]
+    assert main([*argv, "--output-dir", str(tmp_path / "repo")]) == 0
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["mnist"]
 
 
 def test_cli_reports_a_truncated_idx_file(

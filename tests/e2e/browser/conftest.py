@@ -1,0 +1,171 @@
+"""A server for the drawing page, and headless Chromium driven by Selenium.
+
+- `page_repository`: the shipped reference model and its companion features model
+  (model_repository/mnist/1 and mnist_features/1), copied;
+- `page_server`: a real `ServingApp` with its HTTP front on 127.0.0.1, run on an event loop
+  of its own thread (Selenium's calls block; the server must keep serving meanwhile). Where
+  the server has no HTTP front yet (`ServerConfig` without `http_port`), a test-only stub
+  (v2_stub.py) answers the page's endpoints from ONNX Runtime sessions of the same models,
+  and `http_inferences` is None: the /metrics assertion needs the real server;
+- `browser`: Debian's chromium and chromedriver, paths given explicitly (Selenium Manager
+  never runs, nothing is downloaded), console messages collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.browser.v2_stub import serve_stub
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SHIPPED_MODELS = (("mnist", "1"), ("mnist_features", "1"))
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 60.0
+METRIC = "mnist_serving_requests_total"
+WINDOW_SIZE = "1280,1100"
+
+requires_chromium = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (make system-deps installs them)",
+)
+
+
+@dataclass
+class PageServer:
+    base_url: str
+    kind: str  # "real" or "stub"
+    # The HTTP ModelInfer requests /metrics counts so far (None with the stub).
+    http_inferences: Callable[[], float] | None
+
+
+@pytest.fixture(scope="module")
+def page_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("page_repository")
+    for model, version in SHIPPED_MODELS:
+        source = REPO_ROOT / "model_repository" / model / version / "model.onnx"
+        target = repository / model / version
+        target.mkdir(parents=True)
+        shutil.copy2(source, target / "model.onnx")
+    return repository
+
+
+def http_requests_counted(metrics_url: str) -> float:
+    """Sum of mnist_serving_requests_total{protocol="http",method="ModelInfer"} on /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == METRIC
+        and sample.labels.get("protocol") == "http"
+        and sample.labels.get("method") == "ModelInfer"
+    )
+
+
+class ThreadedApp:
+    """A ServingApp started and stopped on an event loop running in a thread of its own."""
+
+    def __init__(self, repository: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="page-server")
+        self.thread.start()
+        self.app: Any = None
+        self.repository = repository
+
+    def _run(self, coroutine: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return future.result(timeout=START_TIMEOUT_S)
+
+    def start(self) -> Any:
+        from mnist_serving_server.app import ServingApp
+        from tests.integration.conftest import app_config
+
+        async def start() -> Any:
+            app = ServingApp(app_config(self.repository, http_port=0, http_host=LOOPBACK))
+            await app.start()
+            return app
+
+        self.app = self._run(start())
+        return self.app
+
+    def close(self) -> None:
+        try:
+            if self.app is not None:
+                self._run(self.app.stop(drain_delay_s=0))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=START_TIMEOUT_S)
+            self.loop.close()
+
+
+def server_has_http() -> bool:
+    from mnist_serving_server.config import ServerConfig
+
+    return "http_port" in ServerConfig.model_fields
+
+
+@pytest.fixture(scope="module")
+def page_server(page_repository: Path) -> Iterator[PageServer]:
+    if not server_has_http():
+        with serve_stub(page_repository) as (base_url, _):
+            yield PageServer(base_url=base_url, kind="stub", http_inferences=None)
+        return
+    threaded = ThreadedApp(page_repository)
+    try:
+        app = threaded.start()
+        metrics_url = f"http://{LOOPBACK}:{app.metrics_port}/metrics"
+        yield PageServer(
+            base_url=f"http://{LOOPBACK}:{app.http_port}",
+            kind="real",
+            http_inferences=lambda: http_requests_counted(metrics_url),
+        )
+    finally:
+        threaded.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={WINDOW_SIZE}",
+        "--force-device-scale-factor=1",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The driver's path is given: Selenium Manager never runs, nothing is downloaded.
+    service = Service(executable_path=str(CHROMEDRIVER))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
