@@ -117,6 +117,7 @@ class ServingApp:
                 intra_op_threads=config.intra_op_threads,
                 default_model=config.default_model,
                 retire_timeout_s=config.grace_period_s,
+                load_timeout_s=config.model_load_timeout_s,
             ),
             observer_for=self.metrics.version_observer,
             on_state=self._on_model_state,

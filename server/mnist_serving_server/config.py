@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from mnist_serving_server.core.dataplane import ModelControlMode
+from mnist_serving_server.core.registry import DEFAULT_LOAD_TIMEOUT_S
 
 ENV_PREFIX = "MNIST_SERVING_"
 PROG = "mnist-serving"
@@ -196,6 +197,14 @@ class ServerConfig(BaseSettings):
         DEFAULT_GRACE_PERIOD_S,
         ge=0,
         description="After the drain delay, in-flight calls get this long to finish.",
+    )
+    model_load_timeout_s: float = Field(
+        DEFAULT_LOAD_TIMEOUT_S,
+        gt=0,
+        description=(
+            "One model version's load (ONNX Runtime session and warm-up) may take this long; "
+            "then it fails with that reason and the versions already served keep serving."
+        ),
     )
     tls_cert: Path | None = Field(
         None, description="PEM server certificate chain; with --tls-key turns TLS on."
