@@ -201,7 +201,7 @@ class ServingApp:
         await server.start()
         if config.metrics_port != METRICS_OFF:
             try:
-                self._metrics_server, _ = start_metrics_server(
+                self._metrics_server = start_metrics_server(
                     self.registry, config.metrics_host, config.metrics_port
                 )
             except OSError as exc:

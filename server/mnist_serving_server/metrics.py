@@ -250,15 +250,11 @@ class MetricsServer:
         self._thread.join()
 
 
-def start_metrics_server(
-    registry: CollectorRegistry, host: str, port: int
-) -> tuple[MetricsServer, int]:
-    """Serve `registry` on http://host:port/metrics (port 0 = a free port); returns the bound port.
-
-    Raises OSError when the port is taken.
+def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+    """Serve `registry` on http://host:port/metrics (port 0 = a free port; the bound one is
+    its `port`). Raises OSError when the port is taken.
     """
-    server = MetricsServer(registry, host, port)
-    return server, server.port
+    return MetricsServer(registry, host, port)
 
 
 __all__ = [

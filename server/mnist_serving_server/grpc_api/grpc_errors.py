@@ -22,7 +22,6 @@ from mnist_serving_server.core.errors import (
     ModelNotFoundError,
     NotReadyError,
     QueueFullError,
-    RequestCancelledError,
     ServingError,
 )
 
@@ -38,7 +37,6 @@ STATUS_BY_ERROR: Mapping[type[ServingError], grpc.StatusCode] = {
     QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    RequestCancelledError: grpc.StatusCode.CANCELLED,
 }
 
 INTERNAL_MESSAGE = "internal server error; the details are in the server log"

@@ -112,22 +112,6 @@ def _guard_unary_request(guard: _Guard, behavior: Callable[..., Any]) -> Callabl
     return guarded
 
 
-def _guard_stream_request(guard: _Guard, behavior: Callable[..., Any]) -> Callable[..., Any]:
-    gate = guard.gate
-
-    async def guarded(request_iterator: AsyncIterator[Any], context: Any) -> Any:
-        await guard.refuse_if_needed(context, None)
-        gate.enter()
-        try:
-            return await behavior(_checked_stream(request_iterator), context)
-        except MalformedRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        finally:
-            gate.leave()
-
-    return guarded
-
-
 def _guard_stream_request_stream_reply(
     guard: _Guard, behavior: Callable[..., Any]
 ) -> Callable[..., Any]:
@@ -150,32 +134,13 @@ def _guard_stream_request_stream_reply(
     return guarded
 
 
-def _guard_unary_request_stream_reply(
-    guard: _Guard, behavior: Callable[..., Any]
-) -> Callable[..., Any]:
-    gate = guard.gate
-
-    async def guarded(request: Any, context: Any) -> AsyncIterator[Any]:
-        await guard.refuse_if_needed(context, request)
-        gate.enter()
-        try:
-            replies = behavior(request, context)
-            async with contextlib.aclosing(replies):
-                async for reply in replies:
-                    yield reply
-        finally:
-            gate.leave()
-
-    return guarded
-
-
 def guard_handler(
     handler: grpc.RpcMethodHandler[Any, Any], method: str, metrics: ServerMetrics, gate: DrainGate
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The same method, answering unparseable requests with INVALID_ARGUMENT and, once the
     gate is closed, every new call with UNAVAILABLE; both counted as `method`."""
-    if handler.request_deserializer is None:
-        return handler
+    if handler.request_deserializer is None:  # generated handlers always have one
+        raise TypeError(f"{method}: a handler without a request deserializer cannot be guarded")
     guard = _Guard(method, metrics, gate)
     deserializer = tolerant_deserializer(handler.request_deserializer)
     serializer = handler.response_serializer
@@ -183,23 +148,14 @@ def guard_handler(
         return grpc.unary_unary_rpc_method_handler(
             _guard_unary_request(guard, handler.unary_unary), deserializer, serializer
         )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _guard_unary_request_stream_reply(guard, handler.unary_stream),
-            deserializer,
-            serializer,
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _guard_stream_request(guard, handler.stream_unary), deserializer, serializer
-        )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
             _guard_stream_request_stream_reply(guard, handler.stream_stream),
             deserializer,
             serializer,
         )
-    return handler
+    # Our protos have unary-unary and stream-stream methods only; a new shape needs a guard.
+    raise TypeError(f"{method}: no guard for this RPC shape (unary-stream or stream-unary)")
 
 
 class _HandlerCollector:
