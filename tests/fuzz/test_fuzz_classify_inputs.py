@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mnist_serving_proto import classifier_pb2
-from mnist_serving_server.config import DEFAULT_MAX_DECODED_PIXELS
+from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
 from tests.fuzz.conftest import FUZZ_SETTINGS
 from tests.fuzz.hostile_images import encode, jpeg_declaring, png_bomb, png_declaring
 from tests.fuzz.threaded_server import ThreadedServer
