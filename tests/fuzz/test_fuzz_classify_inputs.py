@@ -1,7 +1,7 @@
 """Classify with well-formed protobuf but hostile content: sizes, images, names, top_k.
 
 Each case is checked against an oracle built from the documented rules (docs/
-architecture.md, DESIGN.md's error table): what must be served, and what must be refused
+architecture.md, the error table in grpc_errors.py): what must be served, and what must be refused
 with which status.
 """
 

@@ -1,4 +1,4 @@
-"""The one exception -> gRPC status table (DESIGN.md, "Error model")."""
+"""The one exception -> gRPC status table (grpc_errors.STATUS_BY_ERROR)."""
 
 from __future__ import annotations
 
