@@ -1,4 +1,5 @@
-"""Turn a results document into the performance targets' ratios (docs/benchmarks.md), one table, docs/benchmarks.md and a plot."""
+"""Turn a results document into the performance targets' ratios, one table,
+docs/benchmarks.md and a plot."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The one table from the server's exceptions to gRPC status codes (docs/v2_protocol.md and docs/preprocessing.md, "Errors").
+"""The one table from the server's exceptions to gRPC status codes.
+
+docs/v2_protocol.md and docs/preprocessing.md ("Errors") describe it for users.
 
 Every servicer (Classify and KServe V2) goes through `status_for` / `abort_with`, so one
 exception always meets one status code. Expected errors (`errors.ServingError`) carry a

@@ -1,4 +1,4 @@
-"""Every row of the error table (grpc_errors.STATUS_BY_ERROR), provoked for real: status code AND message."""
+"""Every row of the error table (grpc_errors.py), provoked for real: status code AND message."""
 
 from __future__ import annotations
 
