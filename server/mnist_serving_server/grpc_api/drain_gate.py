@@ -15,7 +15,10 @@ very end, so the app stops in this order (app.ServingApp.stop):
 5. `release()`: the held calls get their UNAVAILABLE. The callers' next calls find the
    connection gone and fail UNAVAILABLE on the client side.
 
-A held call is answered before its deadline runs out whatever happens (HOLD_MARGIN_S).
+A held call is answered before its deadline runs out whatever happens (HOLD_MARGIN_S),
+and after at most HOLD_LIMIT_S (a long stream still finishing must not keep refusals
+waiting for the whole grace period; a caller answered early simply comes back and is
+held again).
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import asyncio
 import time
 from typing import Any, Final
 
-import grpc
 from grpc import aio
 
 SHUTTING_DOWN_DETAILS: Final = "the server is shutting down; retry on another replica"
 # A held call is answered this long before its deadline, so it ends UNAVAILABLE, not
 # DEADLINE_EXCEEDED.
 HOLD_MARGIN_S: Final = 0.05
+# The longest a refusal is held.
+HOLD_LIMIT_S: Final = 1.0
 
 
 class DrainGate:
@@ -97,14 +101,16 @@ class DrainGate:
         self._released.set()
 
     async def refuse(self, context: aio.ServicerContext[Any, Any]) -> None:
-        """Hold this call until `release()` (or just before its deadline), then UNAVAILABLE."""
+        """Hold this call until `release()` (or the hold limit, or just before its deadline);
+        the caller then answers it UNAVAILABLE (SHUTTING_DOWN_DETAILS)."""
         self._last_arrival = time.monotonic()
         if not self._released.is_set():
             remaining = context.time_remaining()
-            hold_s = None if remaining is None else max(remaining - HOLD_MARGIN_S, 0.0)
+            hold_s = HOLD_LIMIT_S
+            if remaining is not None:
+                hold_s = max(min(hold_s, remaining - HOLD_MARGIN_S), 0.0)
             try:
                 async with asyncio.timeout(hold_s):
                     await self._released.wait()
             except TimeoutError:
                 pass
-        await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN_DETAILS)

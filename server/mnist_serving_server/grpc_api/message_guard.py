@@ -23,7 +23,7 @@ from grpc import aio
 
 from mnist_serving_server.core.errors import InvalidInputError
 from mnist_serving_server.grpc_api.call_metrics import PROTOCOL
-from mnist_serving_server.grpc_api.drain_gate import DrainGate
+from mnist_serving_server.grpc_api.drain_gate import SHUTTING_DOWN_DETAILS, DrainGate
 from mnist_serving_server.metrics import REASON_NOT_READY, ServerMetrics
 
 Deserializer = Callable[[bytes], Any]
@@ -76,8 +76,9 @@ class _Guard:
             started = time.perf_counter()
             try:
                 await gate.refuse(context)
-            finally:
+            finally:  # counted before the status goes out (also when the caller gave up)
                 self._count(grpc.StatusCode.UNAVAILABLE, started)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN_DETAILS)
         if isinstance(request, MalformedMessage):
             self._count(grpc.StatusCode.INVALID_ARGUMENT, time.perf_counter())
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.description)

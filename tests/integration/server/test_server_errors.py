@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from grpc import aio
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
 from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.grpc_api.drain_gate import HOLD_LIMIT_S
 from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.server.classify_support import metric, raw_request, wait_until
@@ -316,3 +318,15 @@ async def test_call_refused_while_draining_is_unavailable_and_counted(start_app:
     assert "shutting down" in error.details
     assert counted(app, "UNAVAILABLE") == (1, 1)
     assert metric(app, "mnist_serving_rejections_total", reason="not_ready") == 1
+
+
+async def test_a_refusal_without_deadline_is_held_at_most_the_hold_limit(
+    start_app: StartApp,
+) -> None:
+    app = await start_app()
+    app._gate.close()
+    async with aio.insecure_channel(app.target) as channel:
+        started = time.monotonic()
+        error = await classify_error(stub_for(channel), raw_request(ONE_DIGIT))
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert HOLD_LIMIT_S <= time.monotonic() - started < HOLD_LIMIT_S + 2.0
