@@ -22,7 +22,9 @@ from pathlib import Path
 
 import grpc
 
-CLASSIFIER_SERVICE = "mnist_serving.v1.Classifier"
+from mnist_serving_proto import classifier_pb2
+
+CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 UNARY_METHOD = "Classify"
 STREAM_METHOD = "ClassifyStream"
 MESSAGE_LIMIT_BYTES = 16 * 1024 * 1024

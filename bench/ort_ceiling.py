@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from mnist_serving_server.core.ort_names import CPU_PROVIDER
+
 DEFAULT_BATCH_SIZES = (1, 16, 32, 64)
 DEFAULT_SECONDS_PER_BATCH_SIZE = 3.0
 SLICE_S = 0.25
@@ -43,13 +45,13 @@ def load_session(model: Path, intra_op_threads: int = 0) -> ort.InferenceSession
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads or available_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    probe = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    probe = ort.InferenceSession(str(model), providers=[CPU_PROVIDER])
     disabled = probe.get_modelmeta().custom_metadata_map.get(DISABLED_OPTIMIZERS_KEY, "")
     names = [name.strip() for name in disabled.split(",") if name.strip()]
     return ort.InferenceSession(
         str(model),
         sess_options=options,
-        providers=["CPUExecutionProvider"],
+        providers=[CPU_PROVIDER],
         disabled_optimizers=names or None,
     )
 

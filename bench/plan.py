@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from bench.scenarios import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, Kind, Mode, Scenario
 
 UNARY_CONCURRENCIES = (1, 16, 64)
-# The load at which issue 7's targets compare the server with its ceilings.
+# The load at which the performance targets compare the server with its ceilings.
 REFERENCE_CONCURRENCY = 64
 STREAMS = 4
 STREAM_WINDOW = 16  # 4 streams x 16 messages = 64 in flight, as unary at 64

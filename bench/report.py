@@ -1,4 +1,5 @@
-"""Turn a results document into issue 7's ratios, one table, docs/benchmarks.md and a plot."""
+"""Turn a results document into the performance targets' ratios, one table,
+docs/benchmarks.md and a plot."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ PLOT_SIZE_IN = (8.0, 5.0)
 
 @dataclass(frozen=True)
 class Ratio:
-    """One of issue 7's targets, measured."""
+    """One of the performance targets, measured."""
 
     name: str
     config: str

@@ -1,4 +1,4 @@
-# Benchmarks (issue 7): `make bench` measures the ONNX Runtime and echo-server ceilings and
+# Benchmarks: `make bench` measures the ONNX Runtime and echo-server ceilings and
 # the server in one run, prints one table of numbers and ratios, and rewrites
 # docs/benchmarks.md. Extra options go in BENCH_ARGS, e.g.
 #   make bench BENCH_ARGS='--server-args= --server-args="--workers 2"'   (compare two configs)

@@ -1,4 +1,4 @@
-# Deployment and observability (issue 6): container images, Kubernetes manifests, Prometheus.
+# Deployment and observability: container images, Kubernetes manifests, Prometheus.
 # Included by the Makefile; `make test` runs test-deploy through EXTRA_TEST_TARGETS.
 # The deploy tools (checkov, hadolint, kubectl with kustomize, kubernetes-validate) live in a
 # venv of their own, .venv-deploy, because checkov pins packages that clash with .venv.

@@ -1,4 +1,4 @@
-# Container images built and run for real (issue 15). Included by the Makefile after
+# Container images built and run for real. Included by the Makefile after
 # mk/deploy.mk (IMAGE, IMAGE_TAG, DOCKER); `make test` runs test-docker through
 # EXTRA_TEST_TARGETS. See docs/deployment.md.
 #

@@ -22,7 +22,7 @@ async def run(target: str) -> None:
     files = sorted(DIGITS_DIR.glob("digit_*.png"))
     async with AsyncClient(target) as client:
         print("health:", (await client.health()).name)
-        metadata = await client.metadata()
+        metadata = await client.model_metadata()
         print(
             f"model: {metadata.name} versions {', '.join(metadata.versions)} ({metadata.platform})"
         )

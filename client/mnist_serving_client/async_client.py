@@ -11,12 +11,13 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
-from mnist_serving_client import wire_messages
 from mnist_serving_client.client_base import (
     DEFAULT_STREAM_IMAGES_PER_REQUEST,
+    ChannelFactories,
     ClientBase,
     PendingRequest,
     StreamRequestBuilder,
+    UnaryCall,
     remaining_s,
     stream_predictions,
 )
@@ -24,21 +25,14 @@ from mnist_serving_client.errors import error_from_rpc_error
 from mnist_serving_client.health import (
     OVERALL_SERVICE,
     ServingStatus,
-    health_request,
-    serving_status_from_response,
 )
 from mnist_serving_client.inputs import ImageInput, ImagesInput
 from mnist_serving_client.model_metadata import (
     ModelMetadata,
-    model_metadata_from_response,
-    model_metadata_request,
 )
 from mnist_serving_client.prediction import Prediction, predictions_from_response
 from mnist_serving_client.repository import (
     RepositoryModel,
-    repository_index_request,
-    repository_model_request,
-    repository_models_from_response,
 )
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 
@@ -53,40 +47,11 @@ class AsyncClient(ClientBase):
     accepts an async iterable and returns an async iterator.
     """
 
-    def _connect(self) -> None:
-        settings = self.settings
-        credentials = settings.channel_credentials()
-        options = settings.channel_options_list()
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(settings.target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(settings.target, credentials, options=options)
-        self._classifier = classifier_pb2_grpc.ClassifierStub(self._channel)
-        self._health_check = self._channel.unary_unary(
-            wire_messages.HEALTH_CHECK_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_health_response,
-        )
-        self._model_metadata = self._channel.unary_unary(
-            wire_messages.MODEL_METADATA_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_model_metadata_response,
-        )
-        self._repository_index = self._channel.unary_unary(
-            wire_messages.REPOSITORY_INDEX_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_repository_index_response,
-        )
-        self._repository_load = self._channel.unary_unary(
-            wire_messages.REPOSITORY_MODEL_LOAD_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_empty_response,
-        )
-        self._repository_unload = self._channel.unary_unary(
-            wire_messages.REPOSITORY_MODEL_UNLOAD_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_empty_response,
-        )
+    _classifier: classifier_pb2_grpc.ClassifierAsyncStub
+
+    @staticmethod
+    def _channel_factories() -> ChannelFactories:
+        return grpc.aio.insecure_channel, grpc.aio.secure_channel
 
     async def classify(
         self,
@@ -173,7 +138,7 @@ class AsyncClient(ClientBase):
                 input_errors.append(error)
 
         call = self._classifier.ClassifyStream(
-            requests(), timeout=call_timeout_s, metadata=self._metadata
+            requests(), timeout=call_timeout_s, metadata=self._call_metadata
         )
         try:
             async for response in call:
@@ -192,9 +157,21 @@ class AsyncClient(ClientBase):
         self, service: str = OVERALL_SERVICE, *, timeout_s: float | None = None
     ) -> ServingStatus:
         """The grpc.health.v1 status of `service` ("" = the whole server)."""
-        timeout = remaining_s(self._deadline(timeout_s))
-        response = await self._unary(self._health_check, health_request(service), timeout)
-        return serving_status_from_response(response)
+        status: ServingStatus = await self._run(self._health_call(service, timeout_s))
+        return status
+
+    async def model_metadata(
+        self,
+        model: str | None = None,
+        model_version: str | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> ModelMetadata:
+        """The model's metadata (see `Client.model_metadata`)."""
+        metadata: ModelMetadata = await self._run(
+            self._model_metadata_call(model, model_version, timeout_s)
+        )
+        return metadata
 
     async def metadata(
         self,
@@ -203,33 +180,23 @@ class AsyncClient(ClientBase):
         *,
         timeout_s: float | None = None,
     ) -> ModelMetadata:
-        """The model's metadata (see `Client.metadata`)."""
-        target = self._metadata_target(model, model_version)
-        timeout = remaining_s(self._deadline(timeout_s))
-        request = model_metadata_request(target.name, target.version)
-        response = await self._unary(self._model_metadata, request, timeout)
-        return model_metadata_from_response(response)
+        """The same as `model_metadata` (the name earlier releases had)."""
+        return await self.model_metadata(model, model_version, timeout_s=timeout_s)
 
     async def models(
         self, *, ready_only: bool = False, timeout_s: float | None = None
     ) -> list[RepositoryModel]:
         """The server's model repository (see `Client.models`)."""
-        timeout = remaining_s(self._deadline(timeout_s))
-        request = repository_index_request(ready_only)
-        response = await self._unary(self._repository_index, request, timeout)
-        return repository_models_from_response(response)
+        models: list[RepositoryModel] = await self._run(self._models_call(ready_only, timeout_s))
+        return models
 
     async def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
         """Load (or reload) a model of the server's repository (see `Client.load_model`)."""
-        request = repository_model_request(model)
-        timeout = remaining_s(self._deadline(timeout_s))
-        await self._unary(self._repository_load, request, timeout)
+        await self._run(self._load_call(model, timeout_s))
 
     async def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
         """Unload a model (see `Client.unload_model`)."""
-        request = repository_model_request(model)
-        timeout = remaining_s(self._deadline(timeout_s))
-        await self._unary(self._repository_unload, request, timeout)
+        await self._run(self._unload_call(model, timeout_s))
 
     async def close(self) -> None:
         """Close the connection; calls in progress are cancelled. Safe to call twice."""
@@ -248,6 +215,9 @@ class AsyncClient(ClientBase):
     ) -> None:
         await self.close()
 
+    async def _run(self, call: UnaryCall) -> Any:
+        return call.parse(await self._unary(call.method, call.request, call.timeout_s))
+
     async def _unary(
         self,
         method: grpc.aio.UnaryUnaryMultiCallable[Any, Any],
@@ -256,7 +226,7 @@ class AsyncClient(ClientBase):
     ) -> Any:
         self._check_open()
         try:
-            return await method(request, timeout=call_timeout_s, metadata=self._metadata)
+            return await method(request, timeout=call_timeout_s, metadata=self._call_metadata)
         except grpc.RpcError as error:
             raise error_from_rpc_error(error) from error
 

@@ -207,7 +207,7 @@ def _run_health(client: Client, args: argparse.Namespace) -> int:
 
 
 def _run_metadata(client: Client, args: argparse.Namespace) -> int:
-    metadata = client.metadata()
+    metadata = client.model_metadata()
     print(json.dumps(metadata.to_dict(), indent=JSON_INDENT))
     return EXIT_OK
 

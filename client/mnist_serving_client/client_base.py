@@ -1,19 +1,26 @@
-"""What `Client` and `AsyncClient` share: their settings and how requests are built.
+"""What `Client` and `AsyncClient` share: settings, the connection, how requests are built.
 
 Keeping this in one place is what makes the two clients behave identically; they differ
-only in how they wait (threads vs. asyncio).
+only in how they wait (threads vs. asyncio). Retries are gRPC's own, configured once in
+the channel's service config (connection.ClientSettings.service_config), so both kinds
+retry the same way.
+
+"Metadata" means two things here, named apart: *call metadata* (the gRPC headers sent
+with every call: the bearer token, `ClientSettings.call_metadata`) and *model metadata*
+(KServe V2 ModelMetadata, what `model_metadata()` returns: versions, platform, tensors).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from mnist_serving_client import wire_messages
 from mnist_serving_client.connection import (
     DEFAULT_KEEPALIVE_TIME_S,
     DEFAULT_MAX_IMAGES_PER_REQUEST,
@@ -30,6 +37,10 @@ from mnist_serving_client.errors import (
     MnistServingError,
     error_for_status_number,
 )
+from mnist_serving_client.health import (
+    health_request,
+    serving_status_from_response,
+)
 from mnist_serving_client.inputs import (
     ImageInput,
     ImagesInput,
@@ -37,9 +48,18 @@ from mnist_serving_client.inputs import (
     encode_single_image,
     split_requests,
 )
-from mnist_serving_client.model_metadata import DEFAULT_MODEL_NAME
+from mnist_serving_client.model_metadata import (
+    DEFAULT_MODEL_NAME,
+    model_metadata_from_response,
+    model_metadata_request,
+)
 from mnist_serving_client.prediction import NUM_CLASSES, Prediction, predictions_from_response
-from mnist_serving_proto import classifier_pb2
+from mnist_serving_client.repository import (
+    repository_index_request,
+    repository_model_request,
+    repository_models_from_response,
+)
+from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 
 # Images per stream request: 1 sends each image as soon as the iterable yields it (lowest
 # latency for live sources); raise it for throughput on bulk data.
@@ -52,6 +72,24 @@ class ModelTarget:
 
     name: str
     version: str
+
+
+@dataclass(frozen=True)
+class UnaryCall:
+    """One unary call, built but not sent: what to call, with what, and how to read it."""
+
+    method: Any  # a sync or asyncio UnaryUnaryMultiCallable
+    request: Any
+    timeout_s: float
+    parse: Callable[[Any], Any]
+
+
+def _ignore_reply(_reply: Any) -> None:
+    return None
+
+
+# The channel constructors: (insecure_channel, secure_channel) of grpc or grpc.aio.
+ChannelFactories = tuple[Callable[..., Any], Callable[..., Any]]
 
 
 @dataclass(frozen=True)
@@ -126,8 +164,89 @@ class ClientBase:
         self._closed = False
         self._connect()
 
+    @staticmethod
+    def _channel_factories() -> ChannelFactories:
+        """grpc's (insecure_channel, secure_channel), or grpc.aio's (each client kind)."""
+        raise NotImplementedError
+
     def _connect(self) -> None:
-        """Create the channel and stubs (each client kind its own way)."""
+        """Create the channel and the callables of every RPC the SDK makes."""
+        settings = self.settings
+        credentials = settings.channel_credentials()
+        options = settings.channel_options_list()
+        insecure_channel, secure_channel = self._channel_factories()
+        if credentials is None:
+            self._channel = insecure_channel(settings.target, options=options)
+        else:
+            self._channel = secure_channel(settings.target, credentials, options=options)
+        # Typed by each client kind (a sync or an asyncio stub over the same channel type).
+        self._classifier: Any = classifier_pb2_grpc.ClassifierStub(self._channel)
+
+        def rpc(path: str, parse: Callable[[bytes], Any]) -> Any:
+            return self._channel.unary_unary(
+                path, request_serializer=wire_messages.serialize, response_deserializer=parse
+            )
+
+        self._health_rpc = rpc(
+            wire_messages.HEALTH_CHECK_METHOD, wire_messages.parse_health_response
+        )
+        self._model_metadata_rpc = rpc(
+            wire_messages.MODEL_METADATA_METHOD, wire_messages.parse_model_metadata_response
+        )
+        self._repository_index_rpc = rpc(
+            wire_messages.REPOSITORY_INDEX_METHOD, wire_messages.parse_repository_index_response
+        )
+        self._repository_load_rpc = rpc(
+            wire_messages.REPOSITORY_MODEL_LOAD_METHOD, wire_messages.parse_empty_response
+        )
+        self._repository_unload_rpc = rpc(
+            wire_messages.REPOSITORY_MODEL_UNLOAD_METHOD, wire_messages.parse_empty_response
+        )
+
+    # --- the unary calls, built once for both client kinds ---------------------------------
+
+    def _health_call(self, service: str, timeout_s: float | None) -> UnaryCall:
+        return UnaryCall(
+            self._health_rpc,
+            health_request(service),
+            remaining_s(self._deadline(timeout_s)),
+            serving_status_from_response,
+        )
+
+    def _model_metadata_call(
+        self, model: str | None, model_version: str | None, timeout_s: float | None
+    ) -> UnaryCall:
+        target = self._model_metadata_target(model, model_version)
+        return UnaryCall(
+            self._model_metadata_rpc,
+            model_metadata_request(target.name, target.version),
+            remaining_s(self._deadline(timeout_s)),
+            model_metadata_from_response,
+        )
+
+    def _models_call(self, ready_only: bool, timeout_s: float | None) -> UnaryCall:
+        return UnaryCall(
+            self._repository_index_rpc,
+            repository_index_request(ready_only),
+            remaining_s(self._deadline(timeout_s)),
+            repository_models_from_response,
+        )
+
+    def _load_call(self, model: str, timeout_s: float | None) -> UnaryCall:
+        return UnaryCall(
+            self._repository_load_rpc,
+            repository_model_request(model),
+            remaining_s(self._deadline(timeout_s)),
+            _ignore_reply,
+        )
+
+    def _unload_call(self, model: str, timeout_s: float | None) -> UnaryCall:
+        return UnaryCall(
+            self._repository_unload_rpc,
+            repository_model_request(model),
+            remaining_s(self._deadline(timeout_s)),
+            _ignore_reply,
+        )
         raise NotImplementedError
 
     @property
@@ -189,7 +308,7 @@ class ClientBase:
             request_id=request_id,
         )
 
-    def _metadata_target(self, model: str | None, model_version: str | None) -> ModelTarget:
+    def _model_metadata_target(self, model: str | None, model_version: str | None) -> ModelTarget:
         # ModelMetadata needs a model name: the server's default is "mnist".
         target = self._model_target(model, model_version)
         return ModelTarget(target.name or DEFAULT_MODEL_NAME, target.version)
@@ -205,7 +324,8 @@ class ClientBase:
             raise MnistServingError(f"{self!r} is closed")
 
     @property
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The gRPC headers every call carries (the bearer token), not model metadata."""
         return self._settings.call_metadata()
 
 

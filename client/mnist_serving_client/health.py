@@ -6,11 +6,11 @@ import enum
 from typing import Any
 
 from mnist_serving_client import wire_messages
+from mnist_serving_proto import classifier_pb2
 
 # The services the server reports on (docs/architecture.md, "Health"); "" is the whole server.
 OVERALL_SERVICE = ""
-CLASSIFIER_SERVICE = "mnist_serving.v1.Classifier"
-V2_INFERENCE_SERVICE = "inference.GRPCInferenceService"
+CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 
 
 class ServingStatus(enum.Enum):

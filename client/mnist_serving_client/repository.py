@@ -15,9 +15,6 @@ from mnist_serving_client import wire_messages
 from mnist_serving_client.errors import InvalidInputError
 
 STATE_READY = "READY"
-STATE_UNAVAILABLE = "UNAVAILABLE"
-STATE_LOADING = "LOADING"
-STATE_UNLOADING = "UNLOADING"
 
 
 @dataclass(frozen=True)

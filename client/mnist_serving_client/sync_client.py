@@ -10,12 +10,13 @@ from typing import Any, Self
 
 import grpc
 
-from mnist_serving_client import wire_messages
 from mnist_serving_client.client_base import (
     DEFAULT_STREAM_IMAGES_PER_REQUEST,
+    ChannelFactories,
     ClientBase,
     PendingRequest,
     StreamRequestBuilder,
+    UnaryCall,
     remaining_s,
     stream_predictions,
 )
@@ -23,21 +24,14 @@ from mnist_serving_client.errors import error_from_rpc_error
 from mnist_serving_client.health import (
     OVERALL_SERVICE,
     ServingStatus,
-    health_request,
-    serving_status_from_response,
 )
 from mnist_serving_client.inputs import ImageInput, ImagesInput
 from mnist_serving_client.model_metadata import (
     ModelMetadata,
-    model_metadata_from_response,
-    model_metadata_request,
 )
 from mnist_serving_client.prediction import Prediction, predictions_from_response
 from mnist_serving_client.repository import (
     RepositoryModel,
-    repository_index_request,
-    repository_model_request,
-    repository_models_from_response,
 )
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 
@@ -56,40 +50,11 @@ class Client(ClientBase):
     raises `MnistServingError` subclasses only. See `ClientBase.__init__` for the options.
     """
 
-    def _connect(self) -> None:
-        settings = self.settings
-        credentials = settings.channel_credentials()
-        options = settings.channel_options_list()
-        if credentials is None:
-            self._channel = grpc.insecure_channel(settings.target, options=options)
-        else:
-            self._channel = grpc.secure_channel(settings.target, credentials, options=options)
-        self._classifier = classifier_pb2_grpc.ClassifierStub(self._channel)
-        self._health_check = self._channel.unary_unary(
-            wire_messages.HEALTH_CHECK_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_health_response,
-        )
-        self._model_metadata = self._channel.unary_unary(
-            wire_messages.MODEL_METADATA_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_model_metadata_response,
-        )
-        self._repository_index = self._channel.unary_unary(
-            wire_messages.REPOSITORY_INDEX_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_repository_index_response,
-        )
-        self._repository_load = self._channel.unary_unary(
-            wire_messages.REPOSITORY_MODEL_LOAD_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_empty_response,
-        )
-        self._repository_unload = self._channel.unary_unary(
-            wire_messages.REPOSITORY_MODEL_UNLOAD_METHOD,
-            request_serializer=wire_messages.serialize,
-            response_deserializer=wire_messages.parse_empty_response,
-        )
+    _classifier: classifier_pb2_grpc.ClassifierStub
+
+    @staticmethod
+    def _channel_factories() -> ChannelFactories:
+        return grpc.insecure_channel, grpc.secure_channel
 
     def classify(
         self,
@@ -192,7 +157,9 @@ class Client(ClientBase):
             except Exception as error:
                 input_errors.append(error)
 
-        call = self._classifier.ClassifyStream(requests(), timeout=timeout, metadata=self._metadata)
+        call = self._classifier.ClassifyStream(
+            requests(), timeout=timeout, metadata=self._call_metadata
+        )
         try:
             for response in call:
                 predictions = stream_predictions(response, pending.popleft())
@@ -210,11 +177,10 @@ class Client(ClientBase):
         self, service: str = OVERALL_SERVICE, *, timeout_s: float | None = None
     ) -> ServingStatus:
         """The grpc.health.v1 status of `service` ("" = the whole server)."""
-        timeout = remaining_s(self._deadline(timeout_s))
-        response = self._unary(self._health_check, health_request(service), timeout)
-        return serving_status_from_response(response)
+        status: ServingStatus = self._run(self._health_call(service, timeout_s))
+        return status
 
-    def metadata(
+    def model_metadata(
         self,
         model: str | None = None,
         model_version: str | None = None,
@@ -226,11 +192,20 @@ class Client(ClientBase):
         `model` / `model_version` as in `classify`; no model at all means "mnist", the
         server's default.
         """
-        target = self._metadata_target(model, model_version)
-        timeout = remaining_s(self._deadline(timeout_s))
-        request = model_metadata_request(target.name, target.version)
-        response = self._unary(self._model_metadata, request, timeout)
-        return model_metadata_from_response(response)
+        metadata: ModelMetadata = self._run(
+            self._model_metadata_call(model, model_version, timeout_s)
+        )
+        return metadata
+
+    def metadata(
+        self,
+        model: str | None = None,
+        model_version: str | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> ModelMetadata:
+        """The same as `model_metadata` (the name earlier releases had)."""
+        return self.model_metadata(model, model_version, timeout_s=timeout_s)
 
     def models(
         self, *, ready_only: bool = False, timeout_s: float | None = None
@@ -238,24 +213,20 @@ class Client(ClientBase):
         """The server's model repository (Triton's RepositoryIndex): one `RepositoryModel`
         (name, version, state, reason) per model version, loaded or not; with `ready_only`,
         only those that are READY."""
-        timeout = remaining_s(self._deadline(timeout_s))
-        request = repository_index_request(ready_only)
-        response = self._unary(self._repository_index, request, timeout)
-        return repository_models_from_response(response)
+        models: list[RepositoryModel] = self._run(self._models_call(ready_only, timeout_s))
+        return models
 
     def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
         """Load (or reload) `model` from the server's repository (RepositoryModelLoad);
         returns once it is loaded. Raises NotFoundError for a model the repository does
         not hold, FailedPreconditionError when the server's model control is off."""
-        request = repository_model_request(model)
-        self._unary(self._repository_load, request, remaining_s(self._deadline(timeout_s)))
+        self._run(self._load_call(model, timeout_s))
 
     def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
         """Unload `model` (RepositoryModelUnload): its requests then fail with NotFoundError
         until it is loaded again. Raises FailedPreconditionError when the server's model
         control is off."""
-        request = repository_model_request(model)
-        self._unary(self._repository_unload, request, remaining_s(self._deadline(timeout_s)))
+        self._run(self._unload_call(model, timeout_s))
 
     def close(self) -> None:
         """Close the connection; calls in progress are cancelled. Safe to call twice."""
@@ -274,11 +245,14 @@ class Client(ClientBase):
     ) -> None:
         self.close()
 
+    def _run(self, call: UnaryCall) -> Any:
+        return call.parse(self._unary(call.method, call.request, call.timeout_s))
+
     def _unary(
         self, method: grpc.UnaryUnaryMultiCallable[Any, Any], request: Any, timeout: float
     ) -> Any:
         self._check_open()
         try:
-            return method(request, timeout=timeout, metadata=self._metadata)
+            return method(request, timeout=timeout, metadata=self._call_metadata)
         except grpc.RpcError as error:
             raise error_from_rpc_error(error) from error

@@ -5,8 +5,10 @@ repository fails here), bind the gRPC port (health NOT_SERVING), start `/metrics
 in the background, load and warm up every model of the repository (worker threads), then
 health SERVING and the ready file; in poll mode, re-read the repository periodically.
 Stop (SIGTERM/SIGINT, or `stop()` in tests): health NOT_SERVING at once, keep serving
-for `drain_delay_s` so load balancers notice, then refuse new calls and give the
-in-flight ones `grace_period_s` to finish, stop every batcher, close `/metrics`.
+for `drain_delay_s` so load balancers notice, then refuse new calls (UNAVAILABLE, through
+the drain gate) and give the in-flight ones `grace_period_s` to finish, stop the gRPC
+server without cancelling a call (grpc_api/drain_gate.py), stop every batcher, close
+`/metrics`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mnist_serving_server.core.registry import ModelRegistry, ModelState, Regist
 from mnist_serving_server.core.runtime import ModelInfo
 from mnist_serving_server.grpc_api.auth import AuthConfigError, build_auth_interceptor
 from mnist_serving_server.grpc_api.classifier_servicer import ClassifierServicer
+from mnist_serving_server.grpc_api.drain_gate import DrainGate
 from mnist_serving_server.grpc_api.health import (
     CLASSIFIER_SERVICE,
     HEALTH_SERVICE,
@@ -48,6 +51,12 @@ from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_met
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Stopping gRPC (drain_gate.py): after the in-flight calls, wait until no new call has
+# arrived for QUIET_S (at most QUIET_LIMIT_S), then start server.stop and answer the held
+# refusals RELEASE_AFTER_S later, once the GOAWAY is out.
+QUIET_S = 0.05
+QUIET_LIMIT_S = 1.0
+RELEASE_AFTER_S = 0.02
 
 # (add_XServicer_to_server, the servicer, its full service name) for each API served.
 ServicerRegistration = tuple[Callable[[Any, aio.Server], None], object, str]
@@ -108,6 +117,7 @@ class ServingApp:
                 intra_op_threads=config.intra_op_threads,
                 default_model=config.default_model,
                 retire_timeout_s=config.grace_period_s,
+                load_timeout_s=config.model_load_timeout_s,
             ),
             observer_for=self.metrics.version_observer,
             on_state=self._on_model_state,
@@ -119,6 +129,7 @@ class ServingApp:
         self._warm_up_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._grpc_port: int | None = None
+        self._gate = DrainGate()
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -179,7 +190,10 @@ class ServingApp:
         server = aio.server(options=self._server_options(), interceptors=interceptors)
         for add_to_server, servicer, _ in registrations:
             # Guarded: a request that is not valid protobuf gets INVALID_ARGUMENT, not UNKNOWN.
-            add_guarded_servicer(add_to_server, servicer, server)
+            # Gated: once stopping, new calls get UNAVAILABLE (never CANCELLED).
+            add_guarded_servicer(
+                add_to_server, servicer, server, metrics=self.metrics, gate=self._gate
+            )
         self.health.add_to_server(server)
         enable_reflection(server, [name for _, _, name in registrations])
         self._grpc_port = self._bind(server)
@@ -187,7 +201,7 @@ class ServingApp:
         await server.start()
         if config.metrics_port != METRICS_OFF:
             try:
-                self._metrics_server, _ = start_metrics_server(
+                self._metrics_server = start_metrics_server(
                     self.registry, config.metrics_host, config.metrics_port
                 )
             except OSError as exc:
@@ -376,8 +390,7 @@ class ServingApp:
                 await self._poll_task
         server, self._server = self._server, None
         if server is not None:
-            # New calls are refused from here on; calls in flight get the grace period.
-            await server.stop(self.config.grace_period_s)
+            await self._stop_grpc(server)
         self.dataplane.set_ready(False)
         await self.models.stop()
         metrics_server, self._metrics_server = self._metrics_server, None
@@ -388,9 +401,26 @@ class ServingApp:
             with contextlib.suppress(FileNotFoundError):
                 ready_file.unlink()
 
-    async def wait_for_termination(self) -> None:
-        """Until stop() has finished."""
-        await self._stopped.wait()
+    async def _stop_grpc(self, server: aio.Server) -> None:
+        """Refuse new calls, let the in-flight ones finish (within the grace period), stop.
+
+        In an order that cancels no call (drain_gate.py): `server.stop` alone would cancel
+        the calls the transport has accepted but no handler has picked up yet.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.grace_period_s
+        gate = self._gate
+        gate.close()
+        if not await gate.wait_idle(deadline - loop.time()):
+            logger.warning(
+                "grace period over; cancelling the calls still running",
+                extra=log_fields(in_flight=gate.in_flight),
+            )
+        await gate.wait_quiet(QUIET_S, min(QUIET_LIMIT_S, max(deadline - loop.time(), 0.0)))
+        stopping = asyncio.ensure_future(server.stop(max(deadline - loop.time(), 0.0)))
+        await asyncio.sleep(RELEASE_AFTER_S)
+        gate.release()
+        await stopping
 
 
 async def serve(config: ServerConfig, *, reuse_port: bool = False) -> None:

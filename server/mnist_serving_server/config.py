@@ -32,7 +32,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from mnist_serving_server.core.batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE
 from mnist_serving_server.core.dataplane import ModelControlMode
+from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
+from mnist_serving_server.core.registry import DEFAULT_LOAD_TIMEOUT_S
 
 ENV_PREFIX = "MNIST_SERVING_"
 PROG = "mnist-serving"
@@ -49,11 +52,8 @@ DEFAULT_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 METRICS_OFF = -1
 MAX_PORT = 65535
-DEFAULT_MAX_BATCH_SIZE = 64
-DEFAULT_MAX_QUEUE_SIZE = 4096
 DEFAULT_MAX_IMAGES_PER_REQUEST = 1024
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_DECODED_PIXELS = 16 * 1024 * 1024
 DEFAULT_DRAIN_DELAY_S = 2.0
 DEFAULT_GRACE_PERIOD_S = 20.0
 PROVIDERS: tuple[str, ...] = get_args(Provider)
@@ -196,6 +196,14 @@ class ServerConfig(BaseSettings):
         DEFAULT_GRACE_PERIOD_S,
         ge=0,
         description="After the drain delay, in-flight calls get this long to finish.",
+    )
+    model_load_timeout_s: float = Field(
+        DEFAULT_LOAD_TIMEOUT_S,
+        gt=0,
+        description=(
+            "One model version's load (ONNX Runtime session and warm-up) may take this long; "
+            "then it fails with that reason and the versions already served keep serving."
+        ),
     )
     tls_cert: Path | None = Field(
         None, description="PEM server certificate chain; with --tls-key turns TLS on."

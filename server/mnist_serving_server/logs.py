@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 FIELDS_ATTRIBUTE = "fields"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# gRPC's and ONNX Runtime's Python loggers are chatty at INFO; keep them at WARNING.
+# The `grpc` and `asyncio` loggers are chatty at INFO; keep them at WARNING. (ONNX Runtime
+# logs through its own C++ logger, not Python's logging: its verbosity is a session option.)
 NOISY_LOGGERS = ("grpc", "asyncio")
 
 

@@ -14,7 +14,13 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from mnist_serving_server.core.batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE
+from mnist_serving_server.core.batcher import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_SIZE,
+    REASON_CANCELLED,
+    REASON_DEADLINE,
+    REASON_QUEUE_FULL,
+)
 from mnist_serving_server.core.registry import ModelState
 from mnist_serving_server.core.runtime import ModelInfo
 
@@ -52,8 +58,8 @@ READY_STATE: Final = ModelState.READY.value
 RETIRED_STATE: Final = ModelState.UNAVAILABLE.value
 
 REASON_NOT_READY = "not_ready"
-# "queue_full", "deadline" and "cancelled" come from the batcher; "not_ready" from the RPCs.
-REJECTION_REASONS = ("queue_full", "deadline", "cancelled", REASON_NOT_READY)
+# queue_full, deadline and cancelled come from the batcher; not_ready from the RPCs.
+REJECTION_REASONS = (REASON_QUEUE_FULL, REASON_DEADLINE, REASON_CANCELLED, REASON_NOT_READY)
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -250,15 +256,11 @@ class MetricsServer:
         self._thread.join()
 
 
-def start_metrics_server(
-    registry: CollectorRegistry, host: str, port: int
-) -> tuple[MetricsServer, int]:
-    """Serve `registry` on http://host:port/metrics (port 0 = a free port); returns the bound port.
-
-    Raises OSError when the port is taken.
+def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+    """Serve `registry` on http://host:port/metrics (port 0 = a free port; the bound one is
+    its `port`). Raises OSError when the port is taken.
     """
-    server = MetricsServer(registry, host, port)
-    return server, server.port
+    return MetricsServer(registry, host, port)
 
 
 __all__ = [

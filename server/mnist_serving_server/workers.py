@@ -218,7 +218,7 @@ def _start_metrics(config: ServerConfig, metrics_dir: Path) -> MetricsServer | N
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     try:
-        server, _ = start_metrics_server(registry, config.metrics_host, config.metrics_port)
+        server = start_metrics_server(registry, config.metrics_host, config.metrics_port)
     except OSError as exc:
         raise ServerStartError(
             f"cannot serve /metrics on {config.metrics_host}:{config.metrics_port}: {exc}"

@@ -1,1 +1,1 @@
-"""Hypothesis fuzzing of the servicers against a real in-process server (issue 8)."""
+"""Hypothesis fuzzing of the servicers against a real in-process server."""

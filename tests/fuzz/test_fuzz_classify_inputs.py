@@ -1,7 +1,7 @@
 """Classify with well-formed protobuf but hostile content: sizes, images, names, top_k.
 
 Each case is checked against an oracle built from the documented rules (docs/
-architecture.md, DESIGN.md's error table): what must be served, and what must be refused
+architecture.md, the error table in grpc_errors.py): what must be served, and what must be refused
 with which status.
 """
 
@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mnist_serving_proto import classifier_pb2
-from mnist_serving_server.config import DEFAULT_MAX_DECODED_PIXELS
+from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
 from tests.fuzz.conftest import FUZZ_SETTINGS
 from tests.fuzz.hostile_images import encode, jpeg_declaring, png_bomb, png_declaring
 from tests.fuzz.threaded_server import ThreadedServer

@@ -21,7 +21,7 @@ STREAM_METHODS = (CLASSIFY_STREAM, MODEL_STREAM_INFER)
 # Generous: a fuzz call is answered in milliseconds; this only bounds a hung server.
 FUZZ_CALL_TIMEOUT_S = 30.0
 
-# Statuses that are never acceptable as an answer to client input (DESIGN.md error table).
+# Statuses never acceptable as an answer to client input (the table in grpc_errors.py).
 FORBIDDEN = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 # Every status malformed or odd-but-valid input may get: served, refused as malformed, or
 # (for random model names/versions) not found.

@@ -188,7 +188,7 @@ OUR_CONFIG_MESSAGES = {
     "ModelConfig",
 }
 PARTIAL_CONFIG_MESSAGES = {"ModelConfig"}
-# The fields of Triton's ModelConfig that ours must have (the brief of issue #11 and the
+# The fields of Triton's ModelConfig that ours must have (the repository work's brief and the
 # fields a config.pbtxt for an ONNX classifier uses).
 REQUIRED_MODEL_CONFIG_FIELDS = {
     "name",

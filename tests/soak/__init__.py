@@ -1,1 +1,1 @@
-"""The five-minute soak (`make soak`; marked slow, skipped by `make test`) (issue 8)."""
+"""The five-minute soak (`make soak`; marked slow, skipped by `make test`)."""

@@ -1,4 +1,4 @@
-"""Training defaults (issue 2: Adam lr 1e-3, batch 64, 5 epochs), importable without torch."""
+"""Training defaults (Adam lr 1e-3, batch 64, 5 epochs), importable without torch."""
 
 DEFAULT_EPOCHS = 5
 DEFAULT_BATCH_SIZE = 64

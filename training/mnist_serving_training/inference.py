@@ -8,11 +8,18 @@ from typing import Any
 import numpy as np
 import onnx
 
+from mnist_serving_server.core.ort_names import (
+    CPU_PROVIDER,
+    DISABLED_OPTIMIZERS_KEY,
+    parse_disabled_optimizers,
+)
+
 INPUT_NAME = "pixels"
 PROBABILITIES_OUTPUT = "probabilities"
 LOGITS_OUTPUT = "logits"
-# Metadata key: comma-separated ONNX Runtime optimizers to disable when opening the model.
-METADATA_DISABLED_OPTIMIZERS = "ort_disabled_optimizers"
+# Metadata key: comma-separated ONNX Runtime optimizers to disable when opening the model
+# (the server's definition, so both open a model the same way).
+METADATA_DISABLED_OPTIMIZERS = DISABLED_OPTIMIZERS_KEY
 INFERENCE_BATCH_SIZE = 1_000
 
 
@@ -20,7 +27,7 @@ def disabled_optimizers(path: Path) -> list[str]:
     """The optimizers the model's metadata asks the runtime to disable (often none)."""
     model = onnx.load(str(path), load_external_data=False)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
-    return [name for name in metadata.get(METADATA_DISABLED_OPTIMIZERS, "").split(",") if name]
+    return parse_disabled_optimizers(metadata.get(METADATA_DISABLED_OPTIMIZERS, ""))
 
 
 def create_session(path: Path, threads: int = 0) -> Any:
@@ -32,7 +39,7 @@ def create_session(path: Path, threads: int = 0) -> Any:
     return ort.InferenceSession(
         str(path),
         options,
-        providers=["CPUExecutionProvider"],
+        providers=[CPU_PROVIDER],
         disabled_optimizers=disabled_optimizers(path),
     )
 

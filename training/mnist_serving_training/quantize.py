@@ -138,7 +138,7 @@ def quantize_int8(
         "calibration_images": len(images),
         "calibration_source": f"random training images (seed {CALIBRATION_SEED})",
         "nodes_kept_fp32": excluded,
-        "ort_disabled_optimizers": list(DISABLED_OPTIMIZERS),
+        METADATA_DISABLED_OPTIMIZERS: list(DISABLED_OPTIMIZERS),
     }
     metadata = {prop.key: prop.value for prop in fp32_model.metadata_props}
     metadata[METADATA_DISABLED_OPTIMIZERS] = ",".join(DISABLED_OPTIMIZERS)

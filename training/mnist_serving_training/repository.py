@@ -12,14 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mnist_serving_server.core.repository import MODEL_FILE_NAME, is_version_name
+
 STAGING_PREFIX = ".staging-"
-MODEL_FILENAME = "model.onnx"
+MODEL_FILENAME = MODEL_FILE_NAME
 
 
 def existing_versions(model_dir: Path) -> list[int]:
+    """The version folders the server would see as versions (its rule: is_version_name)."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_name(p.name)
+    )
 
 
 def next_free_version(model_dir: Path) -> int:

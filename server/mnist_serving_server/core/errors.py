@@ -38,9 +38,5 @@ class DeadlineExceededError(ServingError):
     """The request's deadline passed before it was computed."""
 
 
-class RequestCancelledError(ServingError):
-    """The caller cancelled the request before it was computed."""
-
-
 class ModelLoadError(Exception):
     """The model could not be found or loaded at start-up (the process exits non-zero)."""

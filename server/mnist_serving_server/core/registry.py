@@ -55,6 +55,8 @@ PROBABILITIES_OUTPUT: Final = "probabilities"
 """The output an image classifier must have for the Classify API."""
 CLASSIFIER_INPUT_DATATYPE: Final = "UINT8"
 UNLOADED_REASON: Final = "unloaded"
+DEFAULT_LOAD_TIMEOUT_S: Final = 120.0
+"""How long one version's load (session creation and warm-up) may take before it fails."""
 
 
 class ModelState(StrEnum):
@@ -99,6 +101,10 @@ class RegistryOptions:
     """None: `mnist` when the repository has it, else its only model."""
     retire_timeout_s: float
     """How long a retired version may take to finish what it had accepted."""
+    load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S
+    """How long one version's load may take; then it fails and the old versions keep serving.
+    (The thread stuck in ONNX Runtime cannot be stopped: it ends on its own, or never, and
+    its session is dropped.)"""
 
 
 # (model, version, state, info or None) -> None: metrics follow the states.
@@ -466,16 +472,23 @@ class ModelRegistry:
         self, path: Path, name: str, version: int, config: ModelConfig, key: tuple[int, ...]
     ) -> ServedVersion:
         options = self._options
-        runtime = await asyncio.to_thread(
-            ModelRuntime.load,
-            path,
-            name=name,
-            version=str(version),
-            provider=options.provider,
-            intra_op_threads=options.intra_op_threads,
-        )
-        check_contract(runtime.info, config)
-        await asyncio.to_thread(runtime.warm_up, config.max_batch_size)
+        try:
+            async with asyncio.timeout(options.load_timeout_s):
+                runtime = await asyncio.to_thread(
+                    ModelRuntime.load,
+                    path,
+                    name=name,
+                    version=str(version),
+                    provider=options.provider,
+                    intra_op_threads=options.intra_op_threads,
+                )
+                check_contract(runtime.info, config)
+                await asyncio.to_thread(runtime.warm_up, config.max_batch_size)
+        except TimeoutError:
+            raise ModelLoadError(
+                f"{path}: loading did not finish within {options.load_timeout_s:g} s "
+                "(--model-load-timeout-s); abandoned"
+            ) from None
         statistics = VersionStatistics()
         forward = None if self._observer_for is None else self._observer_for(runtime.info)
         batcher = DynamicBatcher(

@@ -20,16 +20,19 @@ import numpy as np
 import onnxruntime as ort
 
 from mnist_serving_server.core.errors import ModelLoadError
+from mnist_serving_server.core.ort_names import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    DISABLED_OPTIMIZERS_KEY,
+    parse_disabled_optimizers,
+)
 
 logger = logging.getLogger(__name__)
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 
 # metadata_props keys the runtime itself understands (the rest is passed through).
 LABELS_KEY = "labels"
-DISABLED_OPTIMIZERS_KEY = "ort_disabled_optimizers"
 ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"
 ALLOW_SPINNING_OFF = "0"
 
@@ -198,8 +201,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
 
 
 def _disabled_optimizers(metadata: Mapping[str, str]) -> list[str]:
-    raw = metadata.get(DISABLED_OPTIMIZERS_KEY, "")
-    return [name.strip() for name in raw.split(",") if name.strip()]
+    return parse_disabled_optimizers(metadata.get(DISABLED_OPTIMIZERS_KEY, ""))
 
 
 def _session_options(threads: int) -> ort.SessionOptions:

@@ -1,4 +1,6 @@
-"""The one table from the server's exceptions to gRPC status codes (DESIGN.md, "Error model").
+"""The one table from the server's exceptions to gRPC status codes.
+
+docs/v2_protocol.md and docs/preprocessing.md ("Errors") describe it for users.
 
 Every servicer (Classify and KServe V2) goes through `status_for` / `abort_with`, so one
 exception always meets one status code. Expected errors (`errors.ServingError`) carry a
@@ -22,7 +24,6 @@ from mnist_serving_server.core.errors import (
     ModelNotFoundError,
     NotReadyError,
     QueueFullError,
-    RequestCancelledError,
     ServingError,
 )
 
@@ -38,7 +39,6 @@ STATUS_BY_ERROR: Mapping[type[ServingError], grpc.StatusCode] = {
     QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    RequestCancelledError: grpc.StatusCode.CANCELLED,
 }
 
 INTERNAL_MESSAGE = "internal server error; the details are in the server log"

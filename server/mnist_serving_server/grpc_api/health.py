@@ -15,9 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from mnist_serving_proto import classifier_pb2, open_inference_pb2
+
 OVERALL = ""
-CLASSIFIER_SERVICE = "mnist_serving.v1.Classifier"
-V2_SERVICE = "inference.GRPCInferenceService"
+# Service names come from the generated descriptors: the .proto files are the one definition.
+CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
+V2_SERVICE = open_inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVICE_NAMES = (OVERALL, CLASSIFIER_SERVICE, V2_SERVICE)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 

@@ -2,9 +2,11 @@
 
 Both streaming RPCs (ClassifyStream and KServe V2 ModelStreamInfer) use this. A reader
 task turns each request into a task and queues it; the caller's generator awaits the
-tasks in order. The bounded queue is the window: while `window` requests are unanswered
-the reader stops reading, and HTTP/2 flow control pushes back on the client, so one
-stream cannot queue unbounded work.
+tasks in order. A semaphore is the window: the reader takes a slot before it starts a
+request's task and the generator gives it back once it has that task's reply, so at most
+`window` requests are started and not yet replied to. While the window is full the
+reader stops reading, and HTTP/2 flow control pushes back on the client, so one stream
+cannot queue unbounded work.
 """
 
 from __future__ import annotations
@@ -33,27 +35,26 @@ async def replies_in_order(
     `answer` should report per-request failures in its reply; an exception it raises, or
     one from reading `requests`, ends the stream with that exception.
     """
-    # Tasks in arrival order; None marks the end of the client's requests.
-    in_flight: asyncio.Queue[asyncio.Task[ReplyT] | None] = asyncio.Queue(maxsize=window)
+    # Tasks in arrival order (at most `window`); None marks the end of the client's requests.
+    in_flight: asyncio.Queue[asyncio.Task[ReplyT] | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(window)
 
     async def read_requests() -> None:
         try:
             async for request in requests:
-                task = asyncio.ensure_future(answer(request))
-                try:
-                    await in_flight.put(task)  # waits while the window is full
-                except asyncio.CancelledError:
-                    task.cancel()
-                    raise
+                await slots.acquire()  # waits while the window is full
+                in_flight.put_nowait(asyncio.ensure_future(answer(request)))
         finally:
-            # Never blocks for long: the consumer drains the queue until it sees None.
-            with contextlib.suppress(asyncio.CancelledError):
-                await in_flight.put(None)
+            in_flight.put_nowait(None)
 
     reader = asyncio.create_task(read_requests())
     try:
         while (task := await in_flight.get()) is not None:
-            yield await task
+            try:
+                reply = await task
+            finally:
+                slots.release()
+            yield reply
         await reader  # a broken request stream ends the call with its error
     finally:
         reader.cancel()

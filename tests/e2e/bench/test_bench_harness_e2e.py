@@ -74,7 +74,6 @@ def test_request_budget_bounds_a_scenario(echo_server: ServiceProcess) -> None:
 
 def test_wrong_method_is_counted_by_status(echo_server: ServiceProcess) -> None:
     # The echo server has no V2 service: every call must come back UNIMPLEMENTED.
-    pytest.importorskip("mnist_serving_proto.open_inference_pb2")
     result = run_scenario(echo_server.target, _scenario(Kind.V2_UNARY, concurrency=2))
     assert result.requests_ok == 0
     assert set(result.errors) == {"UNIMPLEMENTED"}

@@ -1,1 +1,1 @@
-"""Drain and start-up faults of the server run as a process (issue 8)."""
+"""Drain and start-up faults of the server run as a process."""

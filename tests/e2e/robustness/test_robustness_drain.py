@@ -104,12 +104,12 @@ async def test_sigterm_under_load_serves_every_accepted_call_then_refuses_and_ex
     assert {c.code for c in served_before} == {grpc.StatusCode.OK}
     assert during_drain, "no call was sent during the drain delay"
     assert all(c.labels_ok for c in calls)
-    # New calls after the drain delay are refused as UNAVAILABLE; only the race window
-    # around the listener closing may see CANCELLED (sent, but never reached a handler).
+    # New calls after the drain delay are refused as UNAVAILABLE; calls racing the end of
+    # the drain delay are served or refused, never CANCELLED (drain_gate.py).
     assert refused_after, "no call was sent after the drain delay"
     assert {c.code for c in refused_after} == {grpc.StatusCode.UNAVAILABLE}
     racing = {c.code for c in calls if refusal_starts <= c.sent_s <= DRAIN_DELAY_S + RACE_WINDOW_S}
-    assert racing <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert racing <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
 
 
 def run_server(model_repository: Path) -> subprocess.CompletedProcess[str]:

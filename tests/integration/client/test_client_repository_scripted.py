@@ -96,7 +96,11 @@ def test_model_control_off_refuses_load_and_unload(locked_server: RepositoryServ
 def test_model_and_version_reach_every_call(client: Client, server: RepositoryServer):
     client.classify([SNEAKER, SNEAKER], model="mnist", model_version="1")
     list(client.classify_stream([SNEAKER] * 3, model="mnist", model_version="2"))
-    assert client.metadata(model="mnist", model_version="2").versions == ("1", "2")
+    assert client.model_metadata(model="mnist", model_version="2").versions == ("1", "2")
+    # `metadata` is the earlier name of the same call.
+    assert client.metadata(model="mnist", model_version="2") == client.model_metadata(
+        model="mnist", model_version="2"
+    )
     with pytest.raises(NotFoundError):
         client.metadata(model="mnist", model_version="9")
     assert server.repository.classify_targets == [("mnist", "1")] + [("mnist", "2")] * 3

@@ -1,24 +1,44 @@
-"""The server's event loop: uvloop when installed, asyncio's own otherwise; both serve."""
+"""The server's event loop: uvloop when it can be imported, asyncio's own otherwise."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import sys
+import types
+
+import pytest
 
 from mnist_serving_server import event_loop
 
-UVLOOP_INSTALLED = importlib.util.find_spec(event_loop.UVLOOP_MODULE) is not None
+
+async def loop_type() -> type[asyncio.AbstractEventLoop]:
+    await asyncio.sleep(0)
+    return type(asyncio.get_running_loop())
 
 
-def test_loop_factory_is_uvloop_exactly_when_installed() -> None:
-    factory = event_loop.loop_factory()
-    assert (factory is not None) == UVLOOP_INSTALLED
+class MarkedLoop(asyncio.SelectorEventLoop):
+    """What the stand-in uvloop builds: a loop the test can recognise."""
 
 
-def test_run_returns_the_coroutine_result_on_the_chosen_loop() -> None:
-    async def loop_module() -> str:
+def test_run_uses_uvloops_loop_when_uvloop_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType(event_loop.UVLOOP_MODULE)
+    fake.new_event_loop = MarkedLoop  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, event_loop.UVLOOP_MODULE, fake)
+    assert event_loop.run(loop_type()) is MarkedLoop
+
+
+def test_run_falls_back_to_asyncio_when_uvloop_does_not_import(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, event_loop.UVLOOP_MODULE, None)  # import raises ImportError
+    assert event_loop.loop_factory() is None
+    chosen = event_loop.run(loop_type())
+    assert chosen.__module__.startswith("asyncio")
+
+
+def test_run_returns_the_coroutine_result() -> None:
+    async def answer() -> int:
         await asyncio.sleep(0)
-        return type(asyncio.get_running_loop()).__module__
+        return 42
 
-    module = event_loop.run(loop_module())
-    assert module.startswith(event_loop.UVLOOP_MODULE if UVLOOP_INSTALLED else "asyncio")
+    assert event_loop.run(answer()) == 42

@@ -19,7 +19,7 @@ from grpc import aio
 from mnist_serving_proto import classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
 from mnist_serving_server.core.errors import ModelLoadError
-from mnist_serving_server.core.runtime import DISABLED_OPTIMIZERS_KEY
+from mnist_serving_server.core.ort_names import DISABLED_OPTIMIZERS_KEY
 from mnist_serving_training.quantize import QuantizationSettings, quantize_int8
 from tests.integration.conftest import app_config
 from tests.integration.server.classify_support import ReferenceModel, raw_request

@@ -1,1 +1,1 @@
-"""Overload and fault tests against a real in-process server (issue 8)."""
+"""Overload and fault tests against a real in-process server."""

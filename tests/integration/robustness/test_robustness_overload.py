@@ -3,7 +3,7 @@
 The queue is kept small (`--max-queue-size`), so shedding is certain. The short test (in
 `make test`) asserts correctness only: the excess is refused with RESOURCE_EXHAUSTED,
 nothing else goes wrong, no call outlives its deadline, the server's memory stays bounded
-and it serves correctly afterwards. The slow test (`make overload`) is issue 8's acceptance
+and it serves correctly afterwards. The slow test (`make overload`) is the overload acceptance
 run: unloaded p99, sustainable rate, then 20 s of overload with the timing criteria
 asserted; its figures are in docs/robustness.md.
 """

@@ -1,8 +1,9 @@
-"""Every row of DESIGN.md's error table, provoked for real: status code AND message."""
+"""Every row of the error table (grpc_errors.py), provoked for real: status code AND message."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from grpc import aio
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
 from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.grpc_api.drain_gate import HOLD_LIMIT_S
 from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.server.classify_support import metric, raw_request, wait_until
@@ -280,3 +282,51 @@ async def test_runtime_failure_is_internal_with_a_generic_message(
     assert error.details == INTERNAL_MESSAGE
     assert "CUDA out of memory" in caplog.text
     assert metric(app, "mnist_serving_requests_total", method="Classify", code="INTERNAL") == 1
+
+
+# --- refused before the servicer runs: still counted once, with the code ------------------
+
+CLASSIFY_PATH = "/mnist_serving.v1.Classifier/Classify"
+
+
+def counted(app: ServingApp, code: str) -> tuple[float, float]:
+    """(requests_total, duration observations) of Classify with `code` (model unknown)."""
+    total = metric(app, "mnist_serving_requests_total", method="Classify", code=code)
+    durations = metric(
+        app, "mnist_serving_request_duration_seconds_count", method="Classify", model=""
+    )
+    return total, durations
+
+
+async def test_undecodable_protobuf_is_counted_once_as_invalid_argument(server: ServingApp) -> None:
+    before = counted(server, "INVALID_ARGUMENT")
+    async with aio.insecure_channel(server.target) as channel:
+        call: aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(CLASSIFY_PATH)
+        with pytest.raises(aio.AioRpcError) as caught:
+            await call(b"\xff\xff\xff\xff")
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert counted(server, "INVALID_ARGUMENT") == (before[0] + 1, before[1] + 1)
+
+
+async def test_call_refused_while_draining_is_unavailable_and_counted(start_app: StartApp) -> None:
+    app = await start_app()
+    app._gate.close()  # what stop() does once the drain delay is over
+    async with aio.insecure_channel(app.target) as channel:
+        # Held until just before its deadline (nobody releases the gate), then refused.
+        error = await classify_error(stub_for(channel), raw_request(ONE_DIGIT), timeout=0.5)
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in error.details
+    assert counted(app, "UNAVAILABLE") == (1, 1)
+    assert metric(app, "mnist_serving_rejections_total", reason="not_ready") == 1
+
+
+async def test_a_refusal_without_deadline_is_held_at_most_the_hold_limit(
+    start_app: StartApp,
+) -> None:
+    app = await start_app()
+    app._gate.close()
+    async with aio.insecure_channel(app.target) as channel:
+        started = time.monotonic()
+        error = await classify_error(stub_for(channel), raw_request(ONE_DIGIT))
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert HOLD_LIMIT_S <= time.monotonic() - started < HOLD_LIMIT_S + 2.0

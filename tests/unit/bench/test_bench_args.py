@@ -120,7 +120,6 @@ def test_requests_are_what_the_server_expects() -> None:
 
 
 def test_v2_request_is_raw_uint8() -> None:
-    pytest.importorskip("mnist_serving_proto.open_inference_pb2")
     from mnist_serving_proto import open_inference_pb2
 
     method, payload = build_request(Scenario(name="v", kind=Kind.V2_UNARY, images_per_request=2))

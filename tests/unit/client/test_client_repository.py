@@ -127,8 +127,8 @@ def test_a_client_without_defaults_asks_for_the_servers_model():
     with Client(NOWHERE) as plain:
         assert plain._model_target(None, None) == ModelTarget("", "")
         # ModelMetadata needs a name: the server's default model is "mnist".
-        assert plain._metadata_target(None, None) == ModelTarget("mnist", "")
-        assert plain._metadata_target("fashion", None) == ModelTarget("fashion", "")
+        assert plain._model_metadata_target(None, None) == ModelTarget("mnist", "")
+        assert plain._model_metadata_target("fashion", None) == ModelTarget("fashion", "")
 
 
 def test_model_arguments_must_be_strings(client: Client):

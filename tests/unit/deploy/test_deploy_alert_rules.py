@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.unit.deploy.deploy_files import (
     PROMETHEUS_RULE_FILE,
@@ -22,7 +23,6 @@ from tests.unit.deploy.metric_contract import (
 
 # PyYAML: requested as a dev dependency; until then these checks skip (make test-deploy
 # still runs promtool on the same files).
-yaml = pytest.importorskip("yaml")
 
 QUEUE_SATURATION_FRACTION = 0.8
 # The saturation rule compares depth with the capacity the server reports, never a number.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
+import yaml
 
 from mnist_serving_server.config import ServerConfig, load_config
 from tests.unit.deploy.deploy_files import (
@@ -14,8 +14,6 @@ from tests.unit.deploy.deploy_files import (
     WAIVERS_FILE,
     read_env_file,
 )
-
-yaml = pytest.importorskip("yaml")
 
 # Health service names the server registers (docs/architecture.md, "Health").
 HEALTH_SERVICES = {"", "mnist_serving.v1.Classifier", "inference.GRPCInferenceService"}

@@ -11,12 +11,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
+import yaml
 
 from mnist_serving_server.config import ServerConfig, env_name, load_config
 from tests.unit.deploy.deploy_files import K8S_BASE, K8S_OVERLAYS, KSERVE_DIR, make_variable
-
-yaml = pytest.importorskip("yaml")
 
 KSERVE_MODEL_DIR = "/mnt/models"
 KSERVE_CONTAINER = "kserve-container"

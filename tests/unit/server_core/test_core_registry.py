@@ -5,10 +5,16 @@ versions, unload, the index, polling, and the contract checked at load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -496,3 +502,152 @@ async def test_a_declared_input_that_does_not_match_fails_the_load(
     )
     await registry.load(REGRESSOR)
     assert await doubled(registry) == "1"
+
+
+# --- model files changing under the server -----------------------------------------------
+
+LOAD_TIMEOUT_S = 0.5
+TMPFS_BYTES = 256 * 1024
+
+
+def options_with(**changes: object) -> RegistryOptions:
+    return dataclasses.replace(options(), **changes)  # type: ignore[arg-type]
+
+
+def during_load_of(
+    monkeypatch: pytest.MonkeyPatch, version: str, change: Callable[[Path], object]
+) -> None:
+    """Make `change(model file)` happen inside the load of `version`, before ORT reads it."""
+    real_load = ModelRuntime.load
+
+    def load(path: Path, **kwargs: Any) -> ModelRuntime:
+        if kwargs["version"] == version:
+            change(path)
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(ModelRuntime, "load", load)
+
+
+def delete_folder(path: Path) -> None:
+    shutil.rmtree(path.parent)
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def corrupt(path: Path) -> None:
+    """Replaced (renamed over) by a file that is not ONNX."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_bytes(b"\x00not an onnx model\xff" * 64)
+    os.replace(fresh, path)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (delete_folder, "model file not found"),
+        (truncate, "cannot load ONNX model"),
+        (corrupt, "cannot load ONNX model"),
+    ],
+    ids=["folder-deleted", "file-truncated", "file-replaced-by-garbage"],
+)
+async def test_a_version_changing_during_its_load_fails_it_and_the_old_one_serves(
+    tmp_path: Path,
+    make_registry: MakeRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Path], None],
+    reason: str,
+) -> None:
+    write_regressor(tmp_path)
+    registry = make_registry(tmp_path)
+    await registry.load(REGRESSOR)
+    old = registry.resolve(REGRESSOR, "")
+    write_regressor(tmp_path, version=2)
+    during_load_of(monkeypatch, "2", change)
+    with pytest.raises(FailedPreconditionError, match="keep serving"):
+        await registry.load(REGRESSOR)
+    assert registry.resolve(REGRESSOR, "") is old
+    assert await doubled(registry) == "1"
+    index = {(e.version, e.state): e.reason for e in entries(registry, REGRESSOR)}
+    assert index[("1", ModelState.READY)] == ""
+    assert reason in index[("2", ModelState.UNAVAILABLE)]
+
+
+async def test_a_hanging_session_creation_times_out_and_the_old_version_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_regressor(tmp_path)
+    registry = ModelRegistry(tmp_path, options_with(load_timeout_s=LOAD_TIMEOUT_S))
+    await registry.load(REGRESSOR)
+    old = registry.resolve(REGRESSOR, "")
+    write_regressor(tmp_path, version=2)
+    unblock = threading.Event()
+    during_load_of(monkeypatch, "2", lambda _path: unblock.wait())
+    try:
+        started = time.monotonic()
+        with pytest.raises(FailedPreconditionError, match="keep serving") as raised:
+            await registry.load(REGRESSOR)
+        assert time.monotonic() - started < LOAD_TIMEOUT_S + 2.0
+        assert f"did not finish within {LOAD_TIMEOUT_S:g} s" in str(raised.value)
+        assert registry.resolve(REGRESSOR, "") is old
+        assert await doubled(registry) == "1"
+        index = {(e.version, e.state): e.reason for e in entries(registry, REGRESSOR)}
+        assert "did not finish within" in index[("2", ModelState.UNAVAILABLE)]
+        # The lock is free again: the next load (the hang is over) serves version 2.
+        unblock.set()
+        monkeypatch.undo()
+        await registry.load(REGRESSOR)
+        assert await doubled(registry) == "2"
+    finally:
+        unblock.set()
+        await registry.stop()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tiny tmpfs (needs root: mount), for a repository on a disk that fills up."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file until the disk is full; returns it."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+        for _ in range(TMPFS_BYTES // 4096 + 1):
+            out.write(b"\0" * 4096)
+    return filler
+
+
+async def test_a_copy_cut_short_by_a_full_disk_fails_its_load_and_the_old_version_serves(
+    full_disk: Path, make_registry: MakeRegistry, tmp_path: Path
+) -> None:
+    source = write_regressor(tmp_path / "source", version=2)
+    write_regressor(full_disk)
+    filler = fill(full_disk)
+    registry = make_registry(full_disk)
+    await registry.load(REGRESSOR)  # loading needs no free space
+    target = full_disk / REGRESSOR / "2" / MODEL_FILE
+    target.parent.mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        shutil.copyfile(source, target)  # what a deploy step sees: a short file is left
+    with pytest.raises(FailedPreconditionError, match="keep serving"):
+        await registry.load(REGRESSOR)
+    assert await doubled(registry) == "1"
+    filler.unlink()  # space again: the copy is redone and the next load serves it
+    shutil.copyfile(source, target)
+    await registry.load(REGRESSOR)
+    assert await doubled(registry) == "2"

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from mnist_serving_server.core.errors import ModelLoadError
-from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.core.runtime import ModelRuntime, default_intra_op_threads
 
 PROBABILITY_SUM_TOLERANCE = 1e-5
 ODD_BATCH = 37
@@ -89,23 +90,43 @@ def test_batches_agree_with_single_images(
     np.testing.assert_allclose(batched[:8], one_by_one, atol=1e-6)
 
 
-def test_warm_up_runs(loaded: ModelRuntime) -> None:
-    loaded.warm_up(64)
-    loaded.warm_up(1)
+def test_warm_up_runs_batch_one_and_the_largest_batch(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = ModelRuntime.load(model_path, name="mnist", version="1", provider="cpu")
+    shapes: list[tuple[int, ...]] = []
+    real_run = ModelRuntime.run
+
+    def run(self: ModelRuntime, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        shapes.append(pixels.shape)
+        return real_run(self, pixels)
+
+    monkeypatch.setattr(ModelRuntime, "run", run)
+    runtime.warm_up(64)
+    assert shapes == [(1, 1, 28, 28), (64, 1, 28, 28)]
+    shapes.clear()
+    runtime.warm_up(1)
+    assert shapes == [(1, 1, 28, 28)]
 
 
-def test_thread_count_is_honoured(model_path: Path) -> None:
+def test_thread_count_reaches_the_session(model_path: Path) -> None:
     single = ModelRuntime.load(model_path, name="mnist", version="1", intra_op_threads=1)
-    assert single.info.intra_op_threads == 1
+    assert single._session.get_session_options().intra_op_num_threads == 1
+    default = ModelRuntime.load(model_path, name="mnist", version="1")
+    threads = default._session.get_session_options().intra_op_num_threads
+    assert threads == default.info.intra_op_threads == default_intra_op_threads()
 
 
-def test_auto_provider_matches_what_onnxruntime_offers(model_path: Path) -> None:
+def test_auto_provider_reports_what_the_session_runs_on(
+    model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     auto = ModelRuntime.load(model_path, name="mnist", version="1", provider="auto")
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        # CUDA when its libraries load; CPU (with a warning) when they do not.
-        assert auto.info.provider in {"CUDAExecutionProvider", "CPUExecutionProvider"}
-    else:
+    assert auto.info.provider == auto._session.get_providers()[0]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert auto.info.provider == "CPUExecutionProvider"
+    elif auto.info.provider == "CPUExecutionProvider":
+        # CUDA is offered but did not initialise: the fall-back to CPU is said, not silent.
+        assert "did not initialise; running on CPU" in caplog.text
 
 
 @pytest.mark.skipif(
@@ -143,7 +164,6 @@ def test_corrupt_file_names_the_path(tmp_path: Path, model_path: Path) -> None:
 
 def with_metadata(source: Path, target: Path, metadata: dict[str, str]) -> Path:
     """A copy of the model with extra metadata_props (onnx is a dev/train dependency)."""
-    onnx = pytest.importorskip("onnx")
     proto = onnx.load(str(source))
     kept = [prop for prop in proto.metadata_props if prop.key not in metadata]
     del proto.metadata_props[:]

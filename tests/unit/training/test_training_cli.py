@@ -10,6 +10,7 @@ from typing import Any
 import onnx
 import pytest
 
+from mnist_serving_server.core.repository import is_version_name
 from mnist_serving_training.cli import main
 from mnist_serving_training.data import DatasetSplit
 from mnist_serving_training.repository import next_free_version, staged_version
@@ -150,6 +151,16 @@ def test_next_free_version_ignores_other_entries(tmp_path: Path) -> None:
         (model_dir / name).mkdir(parents=True)
     (model_dir / "7").write_text("a file, not a version folder")
     assert next_free_version(model_dir) == 4
+
+
+def test_version_folders_follow_the_servers_rule(tmp_path: Path) -> None:
+    # "08" and non-ASCII digits are not versions to the server: the exporter must agree,
+    # or it would number a new version after a folder the server never serves.
+    model_dir = tmp_path / "mnist"
+    for name in ("2", "08", "\u0665"):  # \u0665: ARABIC-INDIC DIGIT FIVE, str.isdigit() is True
+        (model_dir / name).mkdir(parents=True)
+    assert [name for name in ("2", "08", "\u0665") if is_version_name(name)] == ["2"]
+    assert next_free_version(model_dir) == 3
 
 
 def _write_then_fail(model_dir: Path) -> None:

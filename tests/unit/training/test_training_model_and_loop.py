@@ -19,7 +19,7 @@ SHORT_EPOCHS = 3
 EXAMPLE_BATCH = 3
 SEED = 7
 OTHER_SEED = 8
-# The network of issue 2, layer by layer: (layer type, parameter shapes).
+# The network, layer by layer: (layer type, parameter shapes).
 EXPECTED_LAYERS = [
     (nn.Conv2d, [(32, 1, 3, 3), (32,)]),
     (nn.ReLU, []),
