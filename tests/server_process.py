@@ -89,6 +89,8 @@ def server_command(model_repository: Path, ready_file: Path, *extra_args: str) -
         "0",
         "--metrics-port",
         "0",
+        "--http-port",
+        "0",
         "--ready-file",
         str(ready_file),
         *extra_args,
