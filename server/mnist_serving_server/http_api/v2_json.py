@@ -19,6 +19,7 @@ from mnist_serving_server.core.errors import InvalidInputError
 from mnist_serving_server.core.runtime import TensorSpec
 from mnist_serving_server.core.tensors import (
     BYTES,
+    UINT8,
     WIRE_DTYPES,
     RequestedOutput,
     check_requested_outputs,
@@ -208,6 +209,13 @@ def _input_array(
 def _json_values(data: Any, name: str, datatype: str, count: int) -> npt.NDArray[Any]:
     if not isinstance(data, list):
         raise InvalidInputError(f"input {name!r}: `data` must be a (flat or nested) JSON list")
+    if datatype == UINT8 and len(data) == count:
+        # The common case (pixels as a flat list): bytes() takes ints in [0, 255] in C,
+        # 6x faster than numpy's list conversion; anything else takes the general path.
+        try:
+            return np.frombuffer(bytes(data), dtype=np.uint8)
+        except (TypeError, ValueError):
+            pass
     try:
         values = np.asarray(data, dtype=_JSON_DTYPES[datatype])
     except (ValueError, TypeError, OverflowError):
