@@ -70,6 +70,17 @@ async def test_token_required_except_health(start_app: StartApp, tmp_path: Path)
     )
 
 
+async def test_health_needs_the_token_when_not_exempt(start_app: StartApp, tmp_path: Path) -> None:
+    token = new_token()
+    app = await start_app(
+        auth_token_file=write_token_file(tmp_path / "tokens", token), auth_exempt_services=()
+    )
+    assert (await call(app.http_base, "GET", "/v2/health/ready")).status == 401
+    authorized = {"Authorization": f"Bearer {token}"}
+    assert (await call(app.http_base, "GET", "/v2/health/ready", None, authorized)).status == 200
+    assert (await call(app.http_base, "GET", "/")).status == 200  # the page is public
+
+
 async def test_tls_with_the_same_certificate_flags(start_app: StartApp, tmp_path: Path) -> None:
     certificates = certificate_set(tmp_path / "certs")
     app = await start_app(tls_cert=certificates.server_cert, tls_key=certificates.server_key)
