@@ -153,22 +153,27 @@ async def test_stop_drains_in_flight_and_refuses_new_with_connection_close(
     app = await start_app(drain_delay_s=0.0)
     body, headers = binary_request(np.zeros((1, 28, 28), np.uint8))
     idle = Connection(app.http_base)
-    assert (await idle.request("GET", "/v2/health/live")).status == 200
-    runtime_gate.close()
-    in_flight = asyncio.ensure_future(call(app.http_base, "POST", INFER, body, headers))
-    await runtime_gate.wait_entered()
-    http_app = app.http_app
-    assert http_app is not None
-    stopping = asyncio.ensure_future(app.stop(drain_delay_s=0))
-    await wait_until(lambda: http_app.refusing)
-    refused = await idle.request("POST", INFER, body, headers)
-    assert refused.status == 503
-    assert refused.headers["connection"] == "close"
-    assert "error" in refused.json()
-    runtime_gate.open()
-    assert (await in_flight).status == 200
-    await stopping
-    idle.close()
+    try:
+        assert (await idle.request("GET", "/v2/health/live")).status == 200
+        runtime_gate.close()
+        in_flight = asyncio.ensure_future(call(app.http_base, "POST", INFER, body, headers))
+        await runtime_gate.wait_entered()
+        http_app = app.http_app
+        assert http_app is not None
+        stopping = asyncio.ensure_future(app.stop(drain_delay_s=0))
+        await wait_until(lambda: http_app.refusing)
+        refused = await idle.request("POST", INFER, body, headers)
+        assert refused.status == 503, refused.body
+        assert refused.headers["connection"] == "close"
+        assert "error" in refused.json()
+        runtime_gate.open()
+        answer = await in_flight
+        assert answer.status == 200, answer.body
+        await stopping
+    finally:
+        # Whatever failed above, nothing may stay blocked (the gate, the connection).
+        runtime_gate.open()
+        idle.close()
 
 
 async def test_readiness_is_503_during_the_drain_delay(start_app: StartApp) -> None:
