@@ -61,6 +61,8 @@ SERVER_BASE_ARGS = (
     "0",
     "--metrics-port",
     "0",
+    "--http-port",
+    "0",
     "--drain-delay-s",
     "0",
 )

@@ -37,11 +37,17 @@ class ServerProcess:
         self.log_path = workdir / "server.log"
         self.grpc_port: int = ready["grpc_port"]
         self.metrics_port: int | None = ready.get("metrics_port")
+        self.http_port: int | None = ready.get("http_port")
         self.pid: int = ready["pid"]
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_target(self) -> str:
+        """host:port of the HTTP/REST port (tritonclient.http's `url`)."""
+        return f"127.0.0.1:{self.http_port}"
 
     def output(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""
@@ -88,6 +94,8 @@ def server_command(model_repository: Path, ready_file: Path, *extra_args: str) -
         "--port",
         "0",
         "--metrics-port",
+        "0",
+        "--http-port",
         "0",
         "--ready-file",
         str(ready_file),

@@ -29,10 +29,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from mnist_serving_proto import classifier_pb2_grpc, open_inference_pb2_grpc
-from mnist_serving_server.config import METRICS_OFF, ServerConfig
+from mnist_serving_server.config import HTTP_OFF, METRICS_OFF, ServerConfig
 from mnist_serving_server.core.dataplane import DataPlane, ModelControlMode
 from mnist_serving_server.core.registry import ModelRegistry, ModelState, RegistryOptions
 from mnist_serving_server.core.runtime import ModelInfo
+from mnist_serving_server.core.tokens import BearerTokens, load_tokens
 from mnist_serving_server.grpc_api.auth import AuthConfigError, build_auth_interceptor
 from mnist_serving_server.grpc_api.classifier_servicer import ClassifierServicer
 from mnist_serving_server.grpc_api.drain_gate import DrainGate
@@ -45,6 +46,8 @@ from mnist_serving_server.grpc_api.health import (
 )
 from mnist_serving_server.grpc_api.message_guard import add_guarded_servicer
 from mnist_serving_server.grpc_api.v2_servicer import InferenceV2Servicer
+from mnist_serving_server.http_api.asgi import V2HttpApp
+from mnist_serving_server.http_api.front import HttpFront
 from mnist_serving_server.logs import log_fields
 from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_metrics_server
 
@@ -73,9 +76,18 @@ def grpc_address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def write_ready_file(path: Path, grpc_port: int, metrics_port: int | None) -> None:
+def write_ready_file(
+    path: Path, grpc_port: int, metrics_port: int | None, http_port: int | None = None
+) -> None:
     """Write the ready file atomically (tmp + rename), so a reader never sees half of it."""
-    content = json.dumps({"grpc_port": grpc_port, "metrics_port": metrics_port, "pid": os.getpid()})
+    content = json.dumps(
+        {
+            "grpc_port": grpc_port,
+            "http_port": http_port,
+            "metrics_port": metrics_port,
+            "pid": os.getpid(),
+        }
+    )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(content + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -126,6 +138,9 @@ class ServingApp:
         self._poll_task: asyncio.Task[None] | None = None
         self._server: aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
+        self._http: HttpFront | None = None
+        self.http_app: V2HttpApp | None = None
+        """The HTTP front's ASGI app (None when HTTP is off); kept after stop for tests."""
         self._warm_up_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._grpc_port: int | None = None
@@ -145,6 +160,20 @@ class ServingApp:
     def metrics_port(self) -> int | None:
         """The bound /metrics port, None when the metrics server is off."""
         return None if self._metrics_server is None else self._metrics_server.port
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound HTTP port, None when HTTP is off."""
+        return None if self._http is None else self._http.port
+
+    @property
+    def http_base(self) -> str:
+        """Where a client on this machine reaches HTTP ("http://127.0.0.1:PORT")."""
+        host = self.config.http_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        scheme = "https" if self.config.tls_enabled else "http"
+        return f"{scheme}://{grpc_address(host, self.http_port or 0)}"
 
     @property
     def target(self) -> str:
@@ -199,6 +228,8 @@ class ServingApp:
         self._grpc_port = self._bind(server)
         self._server = server
         await server.start()
+        if config.http_port != HTTP_OFF:
+            await self._start_http()
         if config.metrics_port != METRICS_OFF:
             try:
                 self._metrics_server = start_metrics_server(
@@ -217,6 +248,7 @@ class ServingApp:
                 model_control_mode=config.model_control_mode,
                 provider=config.provider,
                 grpc_port=self._grpc_port,
+                http_port=self.http_port,
                 metrics_port=self.metrics_port,
                 tls=config.tls_enabled,
                 mtls=config.tls_client_ca is not None,
@@ -226,6 +258,42 @@ class ServingApp:
                 max_queue_size=config.max_queue_size,
             ),
         )
+
+    async def _start_http(self) -> None:
+        """KServe V2 over HTTP (and the page) on the same loop, over the same dataplane."""
+        config = self.config
+        try:
+            tokens = load_tokens(config.auth_token_file, os.environ)
+        except AuthConfigError as exc:
+            raise ServerStartError(str(exc)) from None
+        app = V2HttpApp(
+            self.dataplane,
+            self.metrics,
+            ready=lambda: self.ready,
+            max_images_per_request=config.max_images_per_request,
+            max_decoded_pixels=config.max_decoded_pixels,
+            max_body_bytes=config.max_message_bytes,
+            tokens=BearerTokens(tokens) if tokens else None,
+            health_exempt=HEALTH_SERVICE in config.auth_exempt_services,
+        )
+        front = HttpFront(
+            app,
+            config.http_host,
+            config.http_port,
+            reuse_port=self._reuse_port,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            tls_client_ca=config.tls_client_ca,
+        )
+        try:
+            await front.start()
+        except OSError as exc:
+            raise ServerStartError(
+                f"cannot serve HTTP on {grpc_address(config.http_host, config.http_port)} "
+                f"(is another server using it?): {exc}"
+            ) from None
+        self._http = front
+        self.http_app = app
 
     def _servicers(self) -> list[ServicerRegistration]:
         """Every API this server answers; add a line here to serve another one."""
@@ -247,6 +315,7 @@ class ServingApp:
                     self.dataplane,
                     self.metrics,
                     max_images_per_request=config.max_images_per_request,
+                    max_decoded_pixels=config.max_decoded_pixels,
                 ),
                 V2_SERVICE,
             ),
@@ -329,11 +398,16 @@ class ServingApp:
         self.dataplane.set_ready(True)
         await self.health.set_serving()
         if self.config.ready_file is not None:
-            write_ready_file(self.config.ready_file, self.grpc_port, self.metrics_port)
+            write_ready_file(
+                self.config.ready_file, self.grpc_port, self.metrics_port, self.http_port
+            )
         if self.dataplane.control_mode is ModelControlMode.POLL:
             self._poll_task = asyncio.create_task(self._poll_repository(), name="mnist-poll")
         logger.info(
-            "ready", extra=log_fields(grpc_port=self.grpc_port, metrics_port=self.metrics_port)
+            "ready",
+            extra=log_fields(
+                grpc_port=self.grpc_port, http_port=self.http_port, metrics_port=self.metrics_port
+            ),
         )
 
     async def _poll_repository(self) -> None:
@@ -389,8 +463,15 @@ class ServingApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
         server, self._server = self._server, None
+        http, self._http = self._http, None
+        # New calls are refused from here on (HTTP: 503 + Connection: close); calls in
+        # flight get the grace period, on both transports at once.
+        stopping = []
         if server is not None:
-            await self._stop_grpc(server)
+            stopping.append(self._stop_grpc(server))
+        if http is not None:
+            stopping.append(http.stop(self.config.grace_period_s))
+        await asyncio.gather(*stopping)
         self.dataplane.set_ready(False)
         await self.models.stop()
         metrics_server, self._metrics_server = self._metrics_server, None

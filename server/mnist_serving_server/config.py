@@ -50,7 +50,9 @@ DEFAULT_REPOSITORY_POLL_SECS = 5.0
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
+DEFAULT_HTTP_PORT = 8000
 METRICS_OFF = -1
+HTTP_OFF = -1
 MAX_PORT = 65535
 DEFAULT_MAX_IMAGES_PER_REQUEST = 1024
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -146,6 +148,15 @@ class ServerConfig(BaseSettings):
             "ready file)."
         ),
     )
+    http_host: str = Field(
+        DEFAULT_HOST, description="HTTP/REST (KServe V2, the page) bind address."
+    )
+    http_port: int = Field(
+        DEFAULT_HTTP_PORT,
+        ge=HTTP_OFF,
+        le=MAX_PORT,
+        description="HTTP/REST port; 0 picks a free one, -1 turns HTTP off.",
+    )
     metrics_host: str = Field(DEFAULT_HOST, description="Prometheus /metrics bind address.")
     metrics_port: int = Field(
         DEFAULT_METRICS_PORT,
@@ -228,7 +239,10 @@ class ServerConfig(BaseSettings):
     )
     ready_file: Path | None = Field(
         None,
-        description='Once warm, write JSON {"grpc_port", "metrics_port", "pid"} here (atomically).',
+        description=(
+            'Once warm, write JSON {"grpc_port", "http_port", "metrics_port", "pid"} here '
+            "(atomically)."
+        ),
     )
     log_format: LogFormat = Field(
         "text", description="Log format: text or json (one JSON object per line)."

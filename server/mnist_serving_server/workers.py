@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from mnist_serving_server import event_loop
 from mnist_serving_server.app import ServerStartError, serve, write_ready_file
-from mnist_serving_server.config import METRICS_OFF, ServerConfig
+from mnist_serving_server.config import HTTP_OFF, METRICS_OFF, ServerConfig
 from mnist_serving_server.core.errors import ModelLoadError
 from mnist_serving_server.core.runtime import default_intra_op_threads
 from mnist_serving_server.grpc_api.auth import AuthConfigError, load_tokens
@@ -77,7 +77,7 @@ class WorkersStartError(Exception):
     """A worker could not start (its own error is in the log above); the message says which."""
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int, what: str = "gRPC") -> socket.socket:
     """A bound, not listening, SO_REUSEPORT socket on host:port (port 0 = a free port).
 
     Raises ServerStartError when the port is taken by a socket without SO_REUSEPORT.
@@ -93,7 +93,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
             socket.AI_PASSIVE,
         )[0]
     except socket.gaierror as exc:
-        raise ServerStartError(f"cannot resolve the gRPC host {host!r}: {exc}") from None
+        raise ServerStartError(f"cannot resolve the {what} host {host!r}: {exc}") from None
     reserved = socket.socket(family, kind, proto)
     try:
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -101,17 +101,20 @@ def reserve_port(host: str, port: int) -> socket.socket:
     except OSError as exc:
         reserved.close()
         raise ServerStartError(
-            f"cannot reserve the gRPC port {host}:{port} for the workers: {exc}"
+            f"cannot reserve the {what} port {host}:{port} for the workers: {exc}"
         ) from None
     return reserved
 
 
-def worker_config(config: ServerConfig, *, port: int, ready_file: Path) -> ServerConfig:
+def worker_config(
+    config: ServerConfig, *, port: int, ready_file: Path, http_port: int = HTTP_OFF
+) -> ServerConfig:
     """One worker's settings: the shared port, no /metrics of its own, its share of cores."""
     threads = config.intra_op_threads or max(1, default_intra_op_threads() // config.workers)
     return config.with_changes(
         workers=1,
         port=port,
+        http_port=http_port,
         metrics_port=METRICS_OFF,
         ready_file=ready_file,
         intra_op_threads=threads,
@@ -154,17 +157,28 @@ def run_workers(config: ServerConfig) -> int:
     stop = _StopFlag()
     previous = {signum: signal.signal(signum, stop.handler) for signum in STOP_SIGNALS}
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="mnist-serving-workers-") as workdir,
-            contextlib.closing(reserve_port(config.host, config.port)) as reserved,
-        ):
-            return _run(config, Path(workdir), int(reserved.getsockname()[1]), stop)
+        with contextlib.ExitStack() as stack:
+            workdir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="mnist-serving-workers-")
+            )
+            reserved = stack.enter_context(
+                contextlib.closing(reserve_port(config.host, config.port))
+            )
+            http_port = HTTP_OFF
+            if config.http_port != HTTP_OFF:
+                reserved_http = stack.enter_context(
+                    contextlib.closing(reserve_port(config.http_host, config.http_port, "HTTP"))
+                )
+                http_port = int(reserved_http.getsockname()[1])
+            return _run(config, Path(workdir), int(reserved.getsockname()[1]), stop, http_port)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _run(config: ServerConfig, workdir: Path, port: int, stop: _StopFlag) -> int:
+def _run(
+    config: ServerConfig, workdir: Path, port: int, stop: _StopFlag, http_port: int = HTTP_OFF
+) -> int:
     metrics_dir = workdir / "metrics"
     metrics_dir.mkdir()
     # Inherited by the spawned workers: their prometheus_client writes per-process files.
@@ -175,7 +189,7 @@ def _run(config: ServerConfig, workdir: Path, port: int, stop: _StopFlag) -> int
     workers: list[BaseProcess] = [
         context.Process(
             target=_worker_main,
-            args=(worker_config(config, port=port, ready_file=ready_file),),
+            args=(worker_config(config, port=port, ready_file=ready_file, http_port=http_port),),
             name=f"mnist-serving-worker-{index}",
         )
         for index, ready_file in enumerate(ready_files)
@@ -193,7 +207,9 @@ def _run(config: ServerConfig, workdir: Path, port: int, stop: _StopFlag) -> int
             return _stop_all(workers, config, stop, EXIT_OK)
         metrics_port = None if metrics_server is None else metrics_server.port
         if config.ready_file is not None:
-            write_ready_file(config.ready_file, port, metrics_port)
+            write_ready_file(
+                config.ready_file, port, metrics_port, None if http_port == HTTP_OFF else http_port
+            )
         logger.info(
             "ready",
             extra=log_fields(workers=config.workers, grpc_port=port, metrics_port=metrics_port),

@@ -38,6 +38,8 @@ def app_config(model_repository: Path, **overrides: Any) -> ServerConfig:
         "port": 0,
         "metrics_host": LOOPBACK,
         "metrics_port": 0,
+        "http_host": LOOPBACK,
+        "http_port": 0,
         "drain_delay_s": 0.0,
         "grace_period_s": TEST_GRACE_PERIOD_S,
     }

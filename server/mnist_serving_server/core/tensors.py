@@ -9,11 +9,16 @@ Besides the model's own datatype, a UINT8 input also takes FP32 values in [0,1] 
 torchvision `ToTensor` convention, pixel / 255), converted with `round(x * 255)`, so
 `x = k/255` gives exactly `k`. Size-1 dimensions of the model's shape may be left out
 (`[N,28,28]` for a `[N,1,28,28]` input).
+
+A UINT8 image input (fixed `[N,H,W]` or `[N,1,H,W]`) also takes a BYTES tensor `[N]` (or
+`[N,1]`) of PNG/JPEG files: each is prepared by `encoded_image`, the same function
+Classify's `encoded` images go through, so every transport has one image path.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -21,11 +26,13 @@ import numpy as np
 import numpy.typing as npt
 
 from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.images import decode_image
 from mnist_serving_server.core.runtime import DYNAMIC_DIM, TensorSpec
 
 UINT8: Final = "UINT8"
 FP32: Final = "FP32"
 BYTES: Final = "BYTES"
+MICROSECONDS_PER_SECOND: Final = 1_000_000
 MAX_PIXEL: Final = 255
 """The largest uint8 value; FP32 values for a UINT8 input are scaled by it."""
 
@@ -172,6 +179,175 @@ def _fp32_to_uint8(flat: npt.NDArray[np.float32], name: str) -> npt.NDArray[np.u
     scaled = np.multiply(flat, np.float32(MAX_PIXEL), dtype=np.float32)
     # Nearest, not truncation: fl32(k/255) * 255 may land a hair below k.
     return np.rint(scaled, out=scaled).astype(np.uint8)
+
+
+_BYTES_LENGTH: Final = struct.Struct("<I")
+
+
+def encoded_image(
+    data: bytes, image_shape: Sequence[int], *, max_decoded_pixels: int, where: str
+) -> npt.NDArray[np.uint8]:
+    """One PNG/JPEG -> the model's image (flattened); `where` names it in errors.
+
+    The one image path: Classify's `encoded` images and V2 BYTES inputs, on every transport.
+    """
+    try:
+        decoded = decode_image(data, max_pixels=max_decoded_pixels, size=tuple(image_shape)[-2:])
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None
+    return decoded.ravel()
+
+
+def image_shape_of(spec: TensorSpec) -> tuple[int, ...] | None:
+    """One image as a UINT8 image input takes it ((1,H,W) or (H,W)); None for other inputs."""
+    image = spec.shape[1:]
+    if spec.datatype != UINT8 or DYNAMIC_DIM in image:
+        return None
+    if len(image) == 2 or (len(image) == 3 and image[0] == 1):
+        return tuple(image)
+    return None
+
+
+def takes_encoded(spec: TensorSpec, datatype: str) -> bool:
+    """Whether a tensor of `datatype` for `spec` is a batch of encoded images."""
+    return datatype == BYTES and image_shape_of(spec) is not None
+
+
+def encoded_images(
+    spec: TensorSpec,
+    name: str,
+    shape: Sequence[int],
+    elements: Sequence[bytes],
+    *,
+    max_rows: int,
+    max_decoded_pixels: int,
+) -> npt.NDArray[np.uint8]:
+    """A BYTES tensor `[N]` or `[N,1]` of PNG/JPEG files -> the model's uint8 `[N, ...]`."""
+    image_shape = image_shape_of(spec)
+    if name != spec.name:
+        raise InvalidInputError(f"unknown input {name!r}; {_expected(spec)}")
+    if image_shape is None:
+        raise InvalidInputError(
+            f"input {name!r}: datatype 'BYTES' is not accepted; {_expected(spec)}"
+        )
+    dims = tuple(shape)
+    if not (len(dims) == 1 or (len(dims) == 2 and dims[1] == 1)) or dims[0] < 1:
+        raise InvalidInputError(
+            f"input {name!r}: a BYTES input holds one PNG/JPEG per image, shape [N] or [N,1] "
+            f"with N >= 1; got {format_shape(dims)}"
+        )
+    count = dims[0]
+    if count > max_rows:
+        raise InvalidInputError(
+            f"input {name!r}: batch of {count} is too large; at most {max_rows} per "
+            "request (max_images_per_request): split it into several requests"
+        )
+    if len(elements) != count:
+        raise InvalidInputError(
+            f"input {name!r}: holds {len(elements)} BYTES elements, expected {count} for "
+            f"shape {format_shape(dims)}"
+        )
+    pixels = np.empty((count, math.prod(image_shape)), dtype=np.uint8)
+    for index, data in enumerate(elements):
+        pixels[index] = encoded_image(
+            data, image_shape, max_decoded_pixels=max_decoded_pixels, where=f"{name}[{index}]"
+        )
+    return pixels.reshape(count, *image_shape)
+
+
+def split_bytes_elements(buffer: bytes | memoryview, name: str) -> list[bytes]:
+    """V2's binary form of a BYTES tensor (each element: 4-byte little-endian length, then
+    its bytes) -> the elements; InvalidInputError when the lengths do not add up."""
+    view = memoryview(buffer)
+    elements: list[bytes] = []
+    offset = 0
+    end = len(view)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInputError(f"input {name!r}: BYTES data ends inside a length prefix")
+        (length,) = _BYTES_LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInputError(
+                f"input {name!r}: a BYTES element of {length} bytes runs past the data's end"
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    return elements
+
+
+def join_bytes_elements(array: npt.NDArray[Any]) -> bytes:
+    """The binary form of a BYTES array (the inverse of `split_bytes_elements`)."""
+    return b"".join(_BYTES_LENGTH.pack(len(item)) + item for item in array.ravel().tolist())
+
+
+class RequestedOutput:
+    """An output to return; `class_count` > 0 answers it as Triton's classification."""
+
+    __slots__ = ("class_count", "name")
+
+    def __init__(self, name: str, class_count: int = 0) -> None:
+        self.name = name
+        self.class_count = class_count
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RequestedOutput)
+            and other.name == self.name
+            and other.class_count == self.class_count
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.class_count))
+
+    def __repr__(self) -> str:
+        return f"RequestedOutput({self.name!r}, {self.class_count})"
+
+
+def check_requested_outputs(
+    selected: Sequence[RequestedOutput], model_outputs: Sequence[str]
+) -> tuple[RequestedOutput, ...]:
+    """The requested outputs, checked: each one the model has, none twice."""
+    for output in selected:
+        if output.name not in model_outputs:
+            raise InvalidInputError(
+                f"unknown output {output.name!r}; the model's outputs are "
+                + ", ".join(f"{known!r}" for known in model_outputs)
+            )
+    names = [output.name for output in selected]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"an output is requested more than once: {names}")
+    return tuple(selected)
+
+
+def answer_outputs(
+    outputs: Mapping[str, npt.NDArray[Any]],
+    requested: Sequence[RequestedOutput] | None,
+    labels: Sequence[str],
+) -> Mapping[str, npt.NDArray[Any]]:
+    """What a V2 reply carries: every output (None requested), else the requested ones in
+    request order, classification outputs as Triton's class strings."""
+    if requested is None:
+        return outputs
+    return {
+        output.name: classification(outputs[output.name], output.class_count, labels)
+        if output.class_count
+        else outputs[output.name]
+        for output in requested
+    }
+
+
+def queue_timeout_from_micros(micros: object, name: str) -> float | None:
+    """Triton's `timeout` request parameter (int microseconds) in seconds; None when 0/absent."""
+    if micros is None:
+        return None
+    if not isinstance(micros, int) or isinstance(micros, bool):
+        raise InvalidInputError(
+            f"parameter {name!r} must be an int64 number of microseconds, got {micros!r}"
+        )
+    if micros < 0:
+        raise InvalidInputError(f"parameter {name!r} must be >= 0 microseconds, got {micros}")
+    return None if micros == 0 else micros / MICROSECONDS_PER_SECOND
 
 
 def classification(

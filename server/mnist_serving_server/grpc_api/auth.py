@@ -1,7 +1,7 @@
 """Optional bearer-token authentication: a grpc.aio server interceptor (docs/security.md).
 
-Tokens come from `--auth-token-file` (one per line, so an old and a new token can both be
-accepted while clients rotate) and from the MNIST_SERVING_AUTH_TOKEN variable. There is no
+Tokens come from `--auth-token-file` and the MNIST_SERVING_AUTH_TOKEN variable, loaded and
+compared by `core.tokens` (the HTTP front uses the same code). There is no
 flag for a token value on purpose: a command line is visible to every user through `ps`.
 With no token configured the interceptor is not installed at all, so auth costs nothing.
 
@@ -15,7 +15,6 @@ scheme, a wrong token), so a caller learns nothing about which part to fix.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -24,72 +23,24 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc import aio
 
+from mnist_serving_server.core.tokens import (
+    AUTH_TOKEN_ENV,
+    MIN_TOKEN_LENGTH,
+    REASON_UNAUTHENTICATED,
+    UNAUTHENTICATED_DETAILS,
+    AuthConfigError,
+    BearerTokens,
+    load_tokens,
+    read_token_file,
+)
 from mnist_serving_server.grpc_api.call_metrics import PROTOCOL
 from mnist_serving_server.metrics import ServerMetrics
 
-AUTH_TOKEN_ENV = "MNIST_SERVING_AUTH_TOKEN"
 AUTHORIZATION_KEY = "authorization"
-BEARER_PREFIX = "Bearer "
-# Long enough that guessing is hopeless and that compare_digest revealing a token's length
-# (it returns early on a length mismatch) gives nothing away; `openssl rand -hex 32` is 64.
-MIN_TOKEN_LENGTH = 16
-COMMENT_PREFIX = "#"
-# The one answer to every refused call: it must not say which part of the credentials failed.
-UNAUTHENTICATED_DETAILS = "authentication required"
-REASON_UNAUTHENTICATED = "unauthenticated"
 UNAUTHENTICATED_CODE = grpc.StatusCode.UNAUTHENTICATED.name
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
-
-
-class AuthConfigError(ValueError):
-    """The token settings are unusable (unreadable file, no token in it, a weak token)."""
-
-
-def _check_token(token: str, source: str) -> None:
-    """Refuse tokens that cannot travel as a header value or are too short to be secret.
-
-    The message names where the token came from, never the token itself.
-    """
-    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
-        raise AuthConfigError(f"{source}: a token must be printable ASCII without spaces")
-    if len(token) < MIN_TOKEN_LENGTH:
-        raise AuthConfigError(
-            f"{source}: a token must be at least {MIN_TOKEN_LENGTH} characters "
-            "(e.g. `openssl rand -hex 32`)"
-        )
-
-
-def read_token_file(path: Path) -> tuple[str, ...]:
-    """The tokens in `path`: one per line; blank lines and `#` comments are skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AuthConfigError(f"cannot read the auth token file {path}: {exc}") from None
-    tokens: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        token = line.strip()
-        if not token or token.startswith(COMMENT_PREFIX):
-            continue
-        _check_token(token, f"{path} line {number}")
-        tokens.append(token)
-    if not tokens:
-        # Fail closed: an empty file must not quietly turn authentication off.
-        raise AuthConfigError(f"the auth token file {path} holds no token")
-    return tuple(tokens)
-
-
-def load_tokens(token_file: Path | None, environ: Mapping[str, str]) -> tuple[str, ...]:
-    """Every accepted token (file and environment, duplicates removed); () = auth off."""
-    tokens: list[str] = []
-    from_env = environ.get(AUTH_TOKEN_ENV, "").strip()
-    if from_env:
-        _check_token(from_env, AUTH_TOKEN_ENV)
-        tokens.append(from_env)
-    if token_file is not None:
-        tokens.extend(read_token_file(token_file))
-    return tuple(dict.fromkeys(tokens))
 
 
 def rpc_method_names(service_names: Iterable[str]) -> dict[str, str]:
@@ -135,7 +86,7 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
     ) -> None:
         if not tokens:
             raise ValueError("BearerTokenInterceptor needs at least one token")
-        self._expected = tuple(BEARER_PREFIX + token for token in tokens)
+        self._tokens = BearerTokens(tokens)
         self._exempt_prefixes = tuple(f"/{service}/" for service in exempt_services)
         self._refusal: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(
             _refuse
@@ -175,19 +126,8 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
         return False
 
     def _matches(self, value: str | bytes) -> bool:
-        # compare_digest takes str only when it is ASCII; anything else is no token of ours.
-        if not isinstance(value, str) or not value.isascii():
-            return False
-        if not value.startswith(BEARER_PREFIX) and value[: len(BEARER_PREFIX)].lower() == (
-            BEARER_PREFIX.lower()
-        ):
-            # The scheme name is case-insensitive (RFC 7235); the rare other spelling pays
-            # for one new string.
-            value = BEARER_PREFIX + value[len(BEARER_PREFIX) :]
-        matched = False
-        for expected in self._expected:  # no early exit: every token is compared
-            matched |= hmac.compare_digest(value, expected)
-        return matched
+        # Metadata values arrive as str (bytes only for `-bin` keys, never a token of ours).
+        return isinstance(value, str) and self._tokens.matches(value)
 
 
 def build_auth_interceptor(

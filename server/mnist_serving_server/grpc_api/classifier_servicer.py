@@ -18,8 +18,8 @@ from grpc import aio
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.core.dataplane import DataPlane
 from mnist_serving_server.core.errors import InvalidInputError
-from mnist_serving_server.core.images import decode_image
 from mnist_serving_server.core.registry import PROBABILITIES_OUTPUT, ClassifierContract
+from mnist_serving_server.core.tensors import encoded_image
 from mnist_serving_server.grpc_api.call_metrics import RequestRecord, track_request
 from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_code_number, status_for
 from mnist_serving_server.grpc_api.ordered_stream import replies_in_order
@@ -83,13 +83,12 @@ def _mixed_pixels(
                 raise _wrong_size(index, len(image.pixels), contract)
             pixels[index] = np.frombuffer(image.pixels, dtype=np.uint8)
         elif kind == "encoded":
-            try:
-                decoded = decode_image(
-                    image.encoded, max_pixels=max_decoded_pixels, size=contract.image_shape[-2:]
-                )
-            except InvalidInputError as exc:
-                raise InvalidInputError(f"images[{index}].encoded: {exc}") from None
-            pixels[index] = decoded.ravel()
+            pixels[index] = encoded_image(
+                image.encoded,
+                contract.image_shape,
+                max_decoded_pixels=max_decoded_pixels,
+                where=f"images[{index}].encoded",
+            )
         else:
             raise InvalidInputError(
                 f"images[{index}] has no data: set `pixels` ({image_bytes} raw bytes) "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable
-from importlib import metadata
 from typing import Any, Final, TypeAlias
 
 from grpc import aio
@@ -19,9 +18,11 @@ from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.core.dataplane import DataPlane
 from mnist_serving_server.core.errors import ServingError
+from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
 from mnist_serving_server.core.model_config import PLATFORM
 from mnist_serving_server.core.registry import ServedVersion
-from mnist_serving_server.core.tensors import classification
+from mnist_serving_server.core.server_info import EXTENSIONS, SERVER_NAME, server_version
+from mnist_serving_server.core.tensors import answer_outputs
 from mnist_serving_server.grpc_api import v2_tensors
 from mnist_serving_server.grpc_api.call_metrics import RequestRecord, track_request
 from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_for
@@ -33,25 +34,8 @@ from mnist_serving_server.grpc_api.triton_messages import (
 from mnist_serving_server.metrics import ServerMetrics
 
 SERVICE_NAME: Final = "inference.GRPCInferenceService"
-SERVER_NAME: Final = "mnist-serving"
-DISTRIBUTION: Final = "mnist-serving"
-UNKNOWN_VERSION: Final = "0+unknown"
-EXTENSIONS: Final[tuple[str, ...]] = (
-    "classification",
-    "model_configuration",
-    "model_repository",
-    "statistics",
-)
-"""Triton's optional extensions this server implements (and only those)."""
 
 _Context: TypeAlias = aio.ServicerContext[Any, Any]
-
-
-def _server_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-        return UNKNOWN_VERSION
 
 
 def _tensor_metadata(
@@ -69,13 +53,19 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     """The V2 RPCs over the DataPlane (every model of the repository)."""
 
     def __init__(
-        self, dataplane: DataPlane, metrics: ServerMetrics, *, max_images_per_request: int
+        self,
+        dataplane: DataPlane,
+        metrics: ServerMetrics,
+        *,
+        max_images_per_request: int,
+        max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
     ) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
         self._max_rows = max_images_per_request
+        self._max_decoded_pixels = max_decoded_pixels
         self._server_metadata = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=_server_version(), extensions=EXTENSIONS
+            name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS
         )
 
     # --- health and metadata -------------------------------------------------------------
@@ -247,19 +237,18 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         served = self._resolve(request.model_name, request.model_version, record)
         info = served.info
         requested = v2_tensors.select_outputs(request, served.output_names)
-        decoded = v2_tensors.decode_input(request, info.inputs[0], max_rows=self._max_rows)
+        decoded = v2_tensors.decode_input(
+            request,
+            info.inputs[0],
+            max_rows=self._max_rows,
+            max_decoded_pixels=self._max_decoded_pixels,
+        )
         deadline = _earliest(
             None if time_remaining_s is None else started + time_remaining_s,
             _plus(started, v2_tensors.queue_timeout_s(request)),
         )
-        outputs = await self._dataplane.infer(served, decoded.array, deadline=deadline)
-        if requested is not None:
-            outputs = {
-                output.name: classification(outputs[output.name], output.class_count, info.labels)
-                if output.class_count
-                else outputs[output.name]
-                for output in requested
-            }
+        computed = await self._dataplane.infer(served, decoded.array, deadline=deadline)
+        outputs = answer_outputs(computed, requested, info.labels)
         response = pb.ModelInferResponse(
             model_name=info.name, model_version=info.version, id=request.id
         )

@@ -7,7 +7,6 @@ checked in `core.tensors` against the graph, the same for every transport.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,13 +16,21 @@ import numpy.typing as npt
 
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
 from mnist_serving_server.core.runtime import TensorSpec
 from mnist_serving_server.core.tensors import (
     BYTES,
     WIRE_DTYPES,
+    RequestedOutput,
+    check_requested_outputs,
     describe_input,
+    encoded_images,
     format_shape,
+    join_bytes_elements,
     plan_input,
+    queue_timeout_from_micros,
+    split_bytes_elements,
+    takes_encoded,
     to_model_array,
 )
 
@@ -31,8 +38,6 @@ TIMEOUT_PARAMETER: Final = "timeout"
 """Triton's request parameter: int64 microseconds the request may spend queued; 0 = none."""
 CLASSIFICATION_PARAMETER: Final = "classification"
 """Triton's output parameter: answer the N best classes as BYTES strings."""
-MICROSECONDS_PER_SECOND: Final = 1_000_000
-_BYTES_LENGTH: Final = struct.Struct("<I")
 
 # V2 datatype -> (InferTensorContents field, the numpy dtype its values arrive as).
 _CONTENTS: Final[Mapping[str, tuple[str, np.dtype[Any]]]] = {
@@ -66,24 +71,39 @@ class DecodedInput:
     """The request sent `raw_input_contents`, so the reply uses `raw_output_contents`."""
 
 
-@dataclass(frozen=True)
-class RequestedOutput:
-    """An output to return; `class_count` > 0 answers it as Triton's classification."""
+def decode_input(
+    request: pb.ModelInferRequest,
+    spec: TensorSpec,
+    *,
+    max_rows: int,
+    max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
+) -> DecodedInput:
+    """The request's single input as the model takes it; InvalidInputError if malformed.
 
-    name: str
-    class_count: int = 0
-
-
-def decode_input(request: pb.ModelInferRequest, spec: TensorSpec, *, max_rows: int) -> DecodedInput:
-    """The request's single input as the model takes it; InvalidInputError if malformed."""
+    A BYTES input to a UINT8 image model is a batch of PNG/JPEG files (core.tensors)."""
     if len(request.inputs) != 1:
         raise InvalidInputError(
             f"expected exactly one input, got {len(request.inputs)}; the model takes one "
             f"input {spec.name!r}: {describe_input(spec)}"
         )
     tensor = request.inputs[0]
-    plan = plan_input(spec, tensor.name, tensor.datatype, tensor.shape, max_rows=max_rows)
     raw = len(request.raw_input_contents) > 0
+    if takes_encoded(spec, tensor.datatype):
+        if raw:
+            _check_raw_entries(request, tensor)
+            elements = split_bytes_elements(request.raw_input_contents[0], tensor.name)
+        else:
+            elements = list(tensor.contents.bytes_contents)
+        array = encoded_images(
+            spec,
+            tensor.name,
+            tensor.shape,
+            elements,
+            max_rows=max_rows,
+            max_decoded_pixels=max_decoded_pixels,
+        )
+        return DecodedInput(array=array, raw=raw)
+    plan = plan_input(spec, tensor.name, tensor.datatype, tensor.shape, max_rows=max_rows)
     if raw:
         flat = _raw_values(request, tensor, plan.wire_dtype, plan.values)
     else:
@@ -97,15 +117,7 @@ def _raw_values(
     wire_dtype: np.dtype[Any],
     values: int,
 ) -> npt.NDArray[Any]:
-    if len(request.raw_input_contents) != len(request.inputs):
-        raise InvalidInputError(
-            f"raw_input_contents holds {len(request.raw_input_contents)} entries, expected one "
-            f"per input ({len(request.inputs)})"
-        )
-    if tensor.HasField("contents"):
-        raise InvalidInputError(
-            f"input {tensor.name!r}: both contents and raw_input_contents are set; send one"
-        )
+    _check_raw_entries(request, tensor)
     buffer = request.raw_input_contents[0]
     expected_bytes = values * wire_dtype.itemsize
     if len(buffer) != expected_bytes:
@@ -115,6 +127,20 @@ def _raw_values(
         )
     # A view of the message's bytes: no copy (read-only, which the runtime only reads).
     return np.frombuffer(buffer, dtype=wire_dtype)
+
+
+def _check_raw_entries(
+    request: pb.ModelInferRequest, tensor: pb.ModelInferRequest.InferInputTensor
+) -> None:
+    if len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents holds {len(request.raw_input_contents)} entries, expected one "
+            f"per input ({len(request.inputs)})"
+        )
+    if tensor.HasField("contents"):
+        raise InvalidInputError(
+            f"input {tensor.name!r}: both contents and raw_input_contents are set; send one"
+        )
 
 
 def _typed_values(tensor: pb.ModelInferRequest.InferInputTensor, values: int) -> npt.NDArray[Any]:
@@ -141,18 +167,8 @@ def select_outputs(
     """The outputs to return, in order; None when none is named (every output, as computed)."""
     if not request.outputs:
         return None
-    selected: list[RequestedOutput] = []
-    for output in request.outputs:
-        if output.name not in model_outputs:
-            raise InvalidInputError(
-                f"unknown output {output.name!r}; the model's outputs are "
-                + ", ".join(f"{known!r}" for known in model_outputs)
-            )
-        selected.append(RequestedOutput(output.name, _class_count(output)))
-    names = [output.name for output in selected]
-    if len(set(names)) != len(names):
-        raise InvalidInputError(f"an output is requested more than once: {names}")
-    return tuple(selected)
+    selected = [RequestedOutput(output.name, _class_count(output)) for output in request.outputs]
+    return check_requested_outputs(selected, model_outputs)
 
 
 def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
@@ -192,7 +208,7 @@ def encode_outputs(
 def _raw_bytes(array: npt.NDArray[Any], datatype: str) -> bytes:
     if datatype == BYTES:
         # Each element: its length as a 4-byte little-endian integer, then its bytes.
-        return b"".join(_BYTES_LENGTH.pack(len(item)) + item for item in array.ravel().tolist())
+        return join_bytes_elements(array)
     return array.astype(WIRE_DTYPES[datatype], copy=False).tobytes()
 
 
@@ -202,16 +218,8 @@ def queue_timeout_s(request: pb.ModelInferRequest) -> float | None:
         return None
     parameter = request.parameters[TIMEOUT_PARAMETER]
     kind = parameter.WhichOneof("parameter_choice")
-    if kind == "int64_param":
-        micros = parameter.int64_param
-    elif kind == "uint64_param":
-        micros = parameter.uint64_param
-    else:
+    if kind not in ("int64_param", "uint64_param"):
         raise InvalidInputError(
             f"parameter '{TIMEOUT_PARAMETER}' must be an int64 number of microseconds, got {kind}"
         )
-    if micros < 0:
-        raise InvalidInputError(
-            f"parameter '{TIMEOUT_PARAMETER}' must be >= 0 microseconds, got {micros}"
-        )
-    return None if micros == 0 else micros / MICROSECONDS_PER_SECOND
+    return queue_timeout_from_micros(int(getattr(parameter, kind)), TIMEOUT_PARAMETER)

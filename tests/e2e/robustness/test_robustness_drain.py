@@ -124,6 +124,8 @@ def run_server(model_repository: Path) -> subprocess.CompletedProcess[str]:
             "0",
             "--metrics-port",
             "-1",
+            "--http-port",
+            "-1",
         ],
         capture_output=True,
         text=True,

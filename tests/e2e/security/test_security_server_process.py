@@ -163,6 +163,8 @@ def test_an_empty_token_file_stops_the_start(model_repository: Path, tmp_path: P
             "0",
             "--metrics-port",
             "-1",
+            "--http-port",
+            "-1",
             "--auth-token-file",
             str(empty),
         ],

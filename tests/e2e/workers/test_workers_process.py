@@ -7,6 +7,8 @@ answer, and that SIGTERM (or a dead worker) ends every process.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import time
@@ -226,3 +228,36 @@ def test_a_dead_worker_stops_the_others_and_the_server_exits_one(
     assert workers_server.process.returncode == EXIT_WORKER_FAILED
     assert wait_gone(workers) == []
     assert "worker died" in workers_server.output()
+
+
+def test_workers_serve_http_on_one_shared_port(workers_server: ServerProcess) -> None:
+    """`--workers N` serves HTTP too: one port, connections spread over the workers."""
+    assert workers_server.http_port is not None
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "pixels", "datatype": "UINT8", "shape": [1, 1, 28, 28], "data": [0] * 784}
+            ]
+        }
+    ).encode()
+    served_by: set[int] = set()
+    workers = worker_pids(workers_server)
+    port = workers_server.http_port
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len(served_by) < len(workers) and time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=RPC_TIMEOUT_S)
+        try:
+            connection.request("GET", "/v2/health/ready")
+            ready = connection.getresponse()
+            assert (ready.status, json.loads(ready.read())) == (200, {"ready": True})
+            established = established_server_sockets(port)
+            served_by.update(pid for pid in workers if socket_inodes_of(pid) & established)
+        finally:
+            connection.close()
+    assert served_by == set(workers)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/mnist/infer", data=body, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=RPC_TIMEOUT_S) as response:
+        assert response.status == 200
+        assert json.loads(response.read())["model_name"] == "mnist"

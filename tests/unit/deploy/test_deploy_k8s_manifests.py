@@ -72,7 +72,11 @@ def test_gpu_overlay_settings_are_accepted_and_select_cuda() -> None:
 def test_container_ports_are_the_configured_ports() -> None:
     config = base_config()
     ports = {port["name"]: port["containerPort"] for port in server_container()["ports"]}
-    assert ports == {"grpc": config.port, "metrics": config.metrics_port}
+    assert ports == {
+        "grpc": config.port,
+        "http": config.http_port,
+        "metrics": config.metrics_port,
+    }
 
 
 def test_probes_are_native_grpc_health_checks_on_the_grpc_port() -> None:
@@ -142,11 +146,11 @@ def test_autoscaler_and_disruption_budget_target_the_deployment() -> None:
     assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
 
 
-def test_network_policy_opens_only_the_two_server_ports() -> None:
+def test_network_policy_opens_only_the_server_ports() -> None:
     (policy,) = base_objects()["NetworkPolicy"]
     config = base_config()
     opened = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
-    assert opened == {config.port, config.metrics_port}
+    assert opened == {config.port, config.http_port, config.metrics_port}
     assert policy["spec"]["egress"] == []
 
 
