@@ -9,6 +9,7 @@ operation. No framework router: one dict lookup and a split of the path per requ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
 import time
@@ -125,6 +126,8 @@ class V2HttpApp:
         self.refusing = False
         """Set when the server stops taking requests: new ones get 503 + Connection: close."""
         self.inflight = 0
+        self.last_refusal_at = 0.0
+        """loop time of the last request refused while stopping (the drain waits for quiet)."""
         self._server_metadata = orjson.dumps(
             {"name": SERVER_NAME, "version": server_version(), "extensions": HTTP_EXTENSIONS}
         )
@@ -147,6 +150,7 @@ class V2HttpApp:
                 call = Call(method)
                 if self.refusing:
                     close = True
+                    self.last_refusal_at = asyncio.get_running_loop().time()
                     reply = _error_reply(503, SHUTTING_DOWN)
                 elif (
                     self._tokens is not None

@@ -23,6 +23,10 @@ from mnist_serving_server.http_api.asgi import V2HttpApp
 logger = logging.getLogger(__name__)
 
 DRAIN_POLL_S = 0.02
+# After the in-flight requests: how long no open connection may have sent a request before
+# the idle ones are closed, and the most this phase may take (within the grace period).
+QUIET_S = 0.1
+QUIET_LIMIT_S = 2.0
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -97,18 +101,38 @@ class HttpFront:
         self._housekeeping = asyncio.create_task(server.main_loop(), name="mnist-http")
 
     async def stop(self, grace_period_s: float) -> None:
-        """Refuse new requests, wait (up to the grace period) for in-flight ones, close."""
-        self.app.refusing = True
+        """Refuse new requests, let in-flight ones finish, then close, dropping none.
+
+        In this order: (1) new requests get 503 + Connection: close; (2) the in-flight ones
+        finish (up to the grace period); (3) the listener closes, so a new connection is
+        refused at connect time (it never reached the server); (4) every open keep-alive
+        connection learns of the shutdown on its next request (503 + close) until none is
+        left or none has sent anything for QUIET_S; (5) only then are the idle ones closed.
+        Closing a keep-alive connection while its client is sending drops that request
+        (HTTP's CANCELLED); step 4 makes that window as small as HTTP/1.1 allows.
+        """
+        app = self.app
+        app.refusing = True
+        loop = asyncio.get_running_loop()
+        app.last_refusal_at = loop.time()  # the quiet period counts from here at the latest
         if self._housekeeping is None:
             if self._socket is not None:
                 self._socket.close()
             return
-        loop = asyncio.get_running_loop()
         give_up = loop.time() + grace_period_s
         # A counter, not an Event: the request path pays nothing for the drain.
-        while self.app.inflight > 0 and loop.time() < give_up:  # noqa: ASYNC110
+        while app.inflight > 0 and loop.time() < give_up:  # noqa: ASYNC110
             await asyncio.sleep(DRAIN_POLL_S)
         server = self._server
+        for listener in server.servers:
+            listener.close()
+        quiet_until = min(give_up, loop.time() + QUIET_LIMIT_S)
+        while (  # noqa: ASYNC110 - uvicorn offers no event for "a connection closed"
+            server.server_state.connections
+            and loop.time() < quiet_until
+            and loop.time() - app.last_refusal_at < QUIET_S
+        ):
+            await asyncio.sleep(DRAIN_POLL_S)
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self._housekeeping
