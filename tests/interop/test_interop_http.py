@@ -23,7 +23,7 @@ from tests.server_process import ServerProcess
 pytestmark = pytest.mark.interop
 
 MODEL_NAME = "mnist"
-MIN_ACCURACY = 0.95
+MIN_ACCURACY = 0.97  # issue #12: the shipped model (97.1% on these digits)
 BATCH = 100
 
 
