@@ -16,18 +16,6 @@ import onnx
 from onnx import TensorProto, helper
 
 MODEL_FILE = "model.onnx"
-FASHION_LABELS = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 REGRESSOR_FEATURES = 4
 
 

@@ -24,24 +24,13 @@ from mnist_serving_proto import (
     open_inference_pb2,
     open_inference_pb2_grpc,
 )
+from mnist_serving_training.data import FASHION_MNIST_LABELS as FASHION_LABELS
 
 SERVER_THREADS = 4
 STOP_GRACE_S = 1.0
 LOOPBACK = "127.0.0.1"
 DEFAULT_MODEL = "mnist"
 NUM_CLASSES = 10
-FASHION_LABELS = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 
 
 @dataclass
