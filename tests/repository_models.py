@@ -15,7 +15,10 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from mnist_serving_training.data import FASHION_MNIST_LABELS
+
 MODEL_FILE = "model.onnx"
+FASHION_LABELS = FASHION_MNIST_LABELS
 REGRESSOR_FEATURES = 4
 
 
