@@ -38,7 +38,7 @@ VERSION ?=
 HOST ?= 0.0.0.0
 PORT ?= 8001
 METRICS_PORT ?= 8002
-WORKERS ?= 1
+WORKERS ?= auto
 PYTEST_ARGS ?=
 
 # Debian packages the tests use: real Fashion-MNIST files, a real Prometheus, and headless

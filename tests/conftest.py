@@ -27,6 +27,11 @@ REFERENCE_MODEL_DIR = REPO_ROOT / "model_repository" / MODEL_NAME / "1"
 REFERENCE_MODEL_FILES = ("model.onnx", "training_report.json")
 FOLDER_MARKERS = ("unit", "integration", "e2e", "interop")
 
+# Servers the tests start run one process unless a test asks for more (`--workers`, which
+# beats this variable): the default, auto, starts one worker per core, which multiplies
+# start-up time and memory for tests about something else. tests/e2e/workers tests auto.
+os.environ.setdefault("MNIST_SERVING_WORKERS", "1")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by the folder it lives in (tests/unit -> @pytest.mark.unit, ...)."""

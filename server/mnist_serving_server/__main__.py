@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     configure_logging(config.log_format, config.log_level)
     try:
-        if config.workers > 1:
+        if config.worker_count > 1:
             return run_workers(config)
         event_loop.run(serve(config))
     except (ModelLoadError, ServerStartError, WorkersStartError) as exc:

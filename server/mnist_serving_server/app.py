@@ -50,6 +50,7 @@ from mnist_serving_server.http_api.asgi import V2HttpApp
 from mnist_serving_server.http_api.front import HttpFront
 from mnist_serving_server.logs import log_fields
 from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_metrics_server
+from mnist_serving_server.peers import PeerLink, WorkerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class ServingApp:
         registry: CollectorRegistry | None = None,
         warm_up_gate: asyncio.Event | None = None,
         reuse_port: bool = False,
+        group: WorkerGroup | None = None,
     ) -> None:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -134,7 +136,11 @@ class ServingApp:
             observer_for=self.metrics.version_observer,
             on_state=self._on_model_state,
         )
-        self.dataplane = DataPlane(self.models, control_mode=config.model_control_mode)
+        # --workers N: this process is one of N; repository changes reach all of them.
+        self._peers = None if group is None else PeerLink(group, self.models)
+        self.dataplane = DataPlane(
+            self.models, control_mode=config.model_control_mode, replicas=self._peers
+        )
         self._poll_task: asyncio.Task[None] | None = None
         self._server: aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
@@ -212,6 +218,8 @@ class ServingApp:
     async def _start_serving(self) -> None:
         config = self.config
         default_model = self.models.resolve_default_model()
+        if self._peers is not None:
+            await self._peers.start()
         await self.health.start()
 
         registrations = self._servicers()
@@ -401,7 +409,8 @@ class ServingApp:
             write_ready_file(
                 self.config.ready_file, self.grpc_port, self.metrics_port, self.http_port
             )
-        if self.dataplane.control_mode is ModelControlMode.POLL:
+        polls = self._peers is None or self._peers.group.leader  # the leader polls for all
+        if self.dataplane.control_mode is ModelControlMode.POLL and polls:
             self._poll_task = asyncio.create_task(self._poll_repository(), name="mnist-poll")
         logger.info(
             "ready",
@@ -415,7 +424,7 @@ class ServingApp:
         while not self._stopping:
             await asyncio.sleep(self.config.repository_poll_secs)
             try:
-                await self.models.poll()
+                await self.dataplane.replicas.poll()
             except Exception:  # a bug must not end polling for good
                 logger.exception("repository poll failed")
 
@@ -474,6 +483,8 @@ class ServingApp:
         await asyncio.gather(*stopping)
         self.dataplane.set_ready(False)
         await self.models.stop()
+        if self._peers is not None:
+            await self._peers.close()
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)
@@ -504,13 +515,15 @@ class ServingApp:
         await stopping
 
 
-async def serve(config: ServerConfig, *, reuse_port: bool = False) -> None:
+async def serve(
+    config: ServerConfig, *, reuse_port: bool = False, group: WorkerGroup | None = None
+) -> None:
     """Run a server until SIGTERM or SIGINT, then drain and stop (the entry point's body)."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop_requested.set)
-    app = ServingApp(config, reuse_port=reuse_port)
+    app = ServingApp(config, reuse_port=reuse_port, group=group)
     try:
         await app.start(wait_ready=False)  # on failure it has cleaned up after itself
         try:

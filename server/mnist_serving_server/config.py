@@ -20,7 +20,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, Union, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from mnist_serving_server.core.batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE
+from mnist_serving_server.core.cores import available_cores
 from mnist_serving_server.core.dataplane import ModelControlMode
 from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
 from mnist_serving_server.core.registry import DEFAULT_LOAD_TIMEOUT_S
@@ -51,6 +52,7 @@ DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_HTTP_PORT = 8000
+WORKERS_AUTO: Final = "auto"
 METRICS_OFF = -1
 HTTP_OFF = -1
 MAX_PORT = 65535
@@ -250,12 +252,12 @@ class ServerConfig(BaseSettings):
     log_level: LogLevel = Field(
         "INFO", description="Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."
     )
-    workers: int = Field(
-        1,
-        ge=1,
+    workers: int | Literal["auto"] = Field(
+        WORKERS_AUTO,
         description=(
-            "Server processes sharing the gRPC port (SO_REUSEPORT), each with its own model "
-            "session."
+            "Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its "
+            "own model sessions and a share of the cores; auto = the cores this process may "
+            "use (CPU affinity and cgroup quota)."
         ),
     )
 
@@ -299,6 +301,13 @@ class ServerConfig(BaseSettings):
                 )
         return services
 
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, workers: int | str) -> int | str:
+        if isinstance(workers, int) and workers < 1:
+            raise ValueError(f"must be >= 1 or {WORKERS_AUTO}, got {workers}")
+        return workers
+
     @field_validator("default_model")
     @classmethod
     def _model_folder_name(cls, name: str | None) -> str | None:
@@ -328,6 +337,11 @@ class ServerConfig(BaseSettings):
     def with_changes(self, **changes: Any) -> Self:
         """A copy with `changes`, validated like a new config (unlike pydantic's model_copy)."""
         return type(self)(**{**dict(self), **changes})
+
+    @property
+    def worker_count(self) -> int:
+        """`workers` as a number (auto resolved now, from this process's cores)."""
+        return available_cores() if self.workers == WORKERS_AUTO else int(self.workers)
 
     @property
     def max_queue_delay_s(self) -> float:
@@ -415,7 +429,7 @@ def _flag_type(field: FieldInfo) -> Callable[[str], Any]:
     """Numbers are parsed by argparse, so `--port eighty` is a usage error (exit 2); other
     values reach the model as text, which checks and converts them like a variable's."""
     options = _options(field.annotation)
-    if int in options:
+    if int in options and not _choices(field):  # `--workers auto` is text for the model
         return int
     if float in options:
         return float

@@ -1,4 +1,5 @@
-"""`--workers N`: N server processes sharing one gRPC port, one `/metrics`, one lifecycle.
+"""`--workers N|auto`: N server processes sharing the ports, one repository state, one
+`/metrics`, one lifecycle. `auto` (the default) = the cores this process may use.
 
 One Python process serves gRPC from one event loop, so it cannot use a second core for
 the per-request work (protobuf, grpc.aio's own code, the servicers) that bounds this
@@ -10,8 +11,11 @@ server. With `--workers N` the parent:
    processes (multiprocessing "spawn": fresh interpreters, which read
    PROMETHEUS_MULTIPROC_DIR when they import prometheus_client). Each worker is a whole
    server (`app.serve`) with its own batcher and ONNX Runtime session, `intra_op_threads`
-   = cores / N unless set, binding the same port with `grpc.so_reuseport` 1; the kernel
-   spreads new connections over the workers;
+   = cores / N unless set, binding the same gRPC and HTTP ports with SO_REUSEPORT; the
+   kernel spreads new connections over the workers. Each worker listens on a Unix socket
+   in the private folder for its siblings (peers.py): a repository load or unload that
+   any worker receives, and the leader's polling, is applied in every worker before the
+   call returns, and the repository index and statistics add up every worker's;
 3. serves `/metrics` itself from every worker's files (MultiProcessCollector): counters and
    histograms add up, queue depth and in-flight gauges sum over the live workers, the
    model info gauge is one series;
@@ -30,6 +34,7 @@ NOT_SERVING during shutdown, which the parent starts for all of them at once.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -50,11 +55,12 @@ from prometheus_client import CollectorRegistry, multiprocess
 from mnist_serving_server import event_loop
 from mnist_serving_server.app import ServerStartError, serve, write_ready_file
 from mnist_serving_server.config import HTTP_OFF, METRICS_OFF, ServerConfig
+from mnist_serving_server.core.cores import available_cores
 from mnist_serving_server.core.errors import ModelLoadError
-from mnist_serving_server.core.runtime import default_intra_op_threads
 from mnist_serving_server.grpc_api.auth import AuthConfigError, load_tokens
 from mnist_serving_server.logs import configure_logging, log_fields
 from mnist_serving_server.metrics import MetricsServer, start_metrics_server
+from mnist_serving_server.peers import WorkerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,10 @@ SUPERVISE_POLL_S = 0.2
 STOP_MARGIN_S = 15.0
 KILL_WAIT_S = 5.0
 WORKER_EXIT_START_FAILED = 1
+# A peer call's time limit: this many model loads, the grace period, and this margin.
+PEER_LOADS_PER_CALL = 2
+PEER_CALL_MARGIN_S = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EXIT_OK = 0
 EXIT_WORKER_FAILED = 1
 
@@ -110,7 +120,7 @@ def worker_config(
     config: ServerConfig, *, port: int, ready_file: Path, http_port: int = HTTP_OFF
 ) -> ServerConfig:
     """One worker's settings: the shared port, no /metrics of its own, its share of cores."""
-    threads = config.intra_op_threads or max(1, default_intra_op_threads() // config.workers)
+    threads = config.intra_op_threads or max(1, available_cores() // config.worker_count)
     return config.with_changes(
         workers=1,
         port=port,
@@ -121,14 +131,39 @@ def worker_config(
     )
 
 
-def _worker_main(config: ServerConfig) -> None:
+def worker_group(config: ServerConfig, workdir: Path, index: int) -> WorkerGroup:
+    """Worker `index`'s place in the group: every worker's peer socket in `workdir`."""
+    sockets = tuple(workdir / f"worker-{peer}.sock" for peer in range(config.worker_count))
+    # A peer call may include the peer's model load (each version within the load
+    # timeout) and an unload's retirement (within the grace period).
+    timeout_s = (
+        config.model_load_timeout_s * PEER_LOADS_PER_CALL
+        + config.grace_period_s
+        + PEER_CALL_MARGIN_S
+    )
+    return WorkerGroup(index=index, sockets=sockets, call_timeout_s=timeout_s)
+
+
+def _worker_main(config: ServerConfig, group: WorkerGroup) -> None:
     """A worker process's body (module level: "spawn" pickles a reference to it)."""
     configure_logging(config.log_format, config.log_level)
+    _stop_with_parent()
     try:
-        event_loop.run(serve(config, reuse_port=True))
+        event_loop.run(serve(config, reuse_port=True, group=group))
     except (ModelLoadError, ServerStartError) as exc:
         logger.error("worker could not start: %s", exc)
         raise SystemExit(WORKER_EXIT_START_FAILED) from None
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM this worker when the parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
+    so that no worker keeps serving a port whose server is gone; it then drains as usual."""
+    parent = multiprocessing.parent_process()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        logger.warning("cannot tie this worker to its parent: errno %d", ctypes.get_errno())
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _StopFlag:
@@ -144,7 +179,7 @@ class _StopFlag:
 
 
 def run_workers(config: ServerConfig) -> int:
-    """Serve with `config.workers` processes until SIGTERM/SIGINT; returns the exit code.
+    """Serve with `config.worker_count` processes until SIGTERM/SIGINT; returns the exit code.
 
     Raises ServerStartError when the port cannot be reserved or /metrics cannot be served,
     WorkersStartError when a worker fails before it is ready.
@@ -185,11 +220,14 @@ def _run(
     previous_dir = os.environ.get(MULTIPROC_DIR_ENV)
     os.environ[MULTIPROC_DIR_ENV] = str(metrics_dir)
     context = multiprocessing.get_context(START_METHOD)
-    ready_files = [workdir / f"worker-{index}.ready.json" for index in range(config.workers)]
+    ready_files = [workdir / f"worker-{index}.ready.json" for index in range(config.worker_count)]
     workers: list[BaseProcess] = [
         context.Process(
             target=_worker_main,
-            args=(worker_config(config, port=port, ready_file=ready_file, http_port=http_port),),
+            args=(
+                worker_config(config, port=port, ready_file=ready_file, http_port=http_port),
+                worker_group(config, workdir, index),
+            ),
             name=f"mnist-serving-worker-{index}",
         )
         for index, ready_file in enumerate(ready_files)
@@ -200,7 +238,9 @@ def _run(
             worker.start()
         logger.info(
             "workers starting",
-            extra=log_fields(workers=config.workers, grpc_port=port, pids=[w.pid for w in workers]),
+            extra=log_fields(
+                workers=config.worker_count, grpc_port=port, pids=[w.pid for w in workers]
+            ),
         )
         metrics_server = _start_metrics(config, metrics_dir)
         if not _wait_ready(workers, ready_files, stop):
@@ -212,7 +252,9 @@ def _run(
             )
         logger.info(
             "ready",
-            extra=log_fields(workers=config.workers, grpc_port=port, metrics_port=metrics_port),
+            extra=log_fields(
+                workers=config.worker_count, grpc_port=port, metrics_port=metrics_port
+            ),
         )
         return _supervise(workers, config, stop, metrics_dir)
     finally:

@@ -22,8 +22,17 @@ from mnist_serving_server.core.registry import (
     ClassifierContract,
     IndexEntry,
     ModelRegistry,
+    ModelState,
     ServedVersion,
 )
+from mnist_serving_server.core.replicas import (
+    Replicas,
+    SingleProcess,
+    StatisticsRecord,
+    merge_indexes,
+    merge_statistics,
+)
+from mnist_serving_server.core.triton_records import statistics_record
 
 NOT_READY_MESSAGE = "the server is not ready: warming up or shutting down"
 
@@ -42,9 +51,17 @@ class ModelControlMode(StrEnum):
 class DataPlane:
     """The served repository behind every API (Classify, KServe V2 over gRPC and HTTP)."""
 
-    def __init__(self, registry: ModelRegistry, *, control_mode: ModelControlMode) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        control_mode: ModelControlMode,
+        replicas: Replicas | None = None,
+    ) -> None:
         self.registry = registry
         self.control_mode = control_mode
+        # With --workers N: every process of the server; repository changes go through it.
+        self.replicas: Replicas = SingleProcess(registry) if replicas is None else replicas
         self._ready = False
 
     # --- readiness -------------------------------------------------------------------------
@@ -110,26 +127,41 @@ class DataPlane:
         statistics.success.add(time.perf_counter() - started)
         return outputs
 
-    # --- the repository extension ----------------------------------------------------------
+    # --- the repository extension (for the whole server, every worker process) ----------
 
-    def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
-        return self.registry.index(ready_only=ready_only)
+    async def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
+        entries = merge_indexes([self.registry.index(), *await self.replicas.other_indexes()])
+        if ready_only:
+            entries = [entry for entry in entries if entry.state is ModelState.READY]
+        return entries
+
+    def in_repository(self, name: str) -> bool:
+        """Whether `name` is a model of the repository (or still served after its removal)."""
+        return any(entry.name == name for entry in self.registry.index())
 
     async def load(self, name: str) -> None:
+        """Load `name` in every worker process; returns once all of them serve it."""
         self._check_changes_allowed("load")
-        await self.registry.load(name)
+        await self.replicas.load(name)
 
     async def unload(self, name: str) -> None:
+        """Unload `name` in every worker process; returns once none of them serves it."""
         self._check_changes_allowed("unload")
-        await self.registry.unload(name)
+        await self.replicas.unload(name)
 
     def model_config(self, name: str) -> tuple[ModelConfig, ServedVersion]:
         """The model's effective config and its latest served version (for the graph's part)."""
         config = self.registry.model_config(name)
         return config, self.registry.resolve(name, "")
 
-    def statistics(self, name: str, version: str) -> list[ServedVersion]:
-        return self.registry.served_versions(name, version)
+    def versions(self, name: str) -> list[str]:
+        """The served versions of `name` (ModelNotFoundError when none is)."""
+        return [served.version for served in self.registry.served_versions(name, "")]
+
+    async def statistics(self, name: str, version: str) -> list[StatisticsRecord]:
+        """Triton's statistics of the served versions ("" = all), summed over the workers."""
+        local = [statistics_record(s) for s in self.registry.served_versions(name, version)]
+        return merge_statistics([local, *await self.replicas.other_statistics(name, version)])
 
     def _check_changes_allowed(self, action: str) -> None:
         if self.control_mode is not ModelControlMode.EXPLICIT:

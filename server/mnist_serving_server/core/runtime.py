@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from mnist_serving_server.core.cores import available_cores
 from mnist_serving_server.core.errors import ModelLoadError
 from mnist_serving_server.core.ort_names import (
     CPU_PROVIDER,
@@ -101,8 +101,8 @@ def available_providers() -> tuple[str, ...]:
 
 
 def default_intra_op_threads() -> int:
-    """The cores this process may run on (cgroup/affinity aware, unlike os.cpu_count)."""
-    return len(os.sched_getaffinity(0))
+    """The cores this process may run on (affinity and cgroup quota, unlike os.cpu_count)."""
+    return available_cores()
 
 
 class ModelRuntime:

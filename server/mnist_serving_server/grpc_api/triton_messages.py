@@ -8,9 +8,9 @@ from google.protobuf import json_format
 from mnist_serving_proto import model_config_pb2 as mc
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_server.core.model_config import ModelConfig
-from mnist_serving_server.core.registry import ServedVersion
+from mnist_serving_server.core.replicas import StatisticsRecord
 from mnist_serving_server.core.runtime import ModelInfo
-from mnist_serving_server.core.triton_records import model_config_record, statistics_record
+from mnist_serving_server.core.triton_records import model_config_record
 
 
 def model_config_response(config: ModelConfig, info: ModelInfo) -> pb.ModelConfigResponse:
@@ -19,6 +19,6 @@ def model_config_response(config: ModelConfig, info: ModelInfo) -> pb.ModelConfi
     return pb.ModelConfigResponse(config=message)
 
 
-def model_statistics(served: ServedVersion) -> pb.ModelStatistics:
-    """One version's statistics in Triton's message."""
-    return json_format.ParseDict(statistics_record(served), pb.ModelStatistics())
+def model_statistics(record: StatisticsRecord) -> pb.ModelStatistics:
+    """One version's statistics (`core.triton_records.statistics_record`) in Triton's message."""
+    return json_format.ParseDict(record, pb.ModelStatistics())

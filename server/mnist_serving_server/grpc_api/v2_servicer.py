@@ -106,7 +106,7 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             except ServingError as exc:
                 await abort_with(context, exc, record)
             info = served.info
-            versions = [version.version for version in self._dataplane.statistics(info.name, "")]
+            versions = self._dataplane.versions(info.name)
             return pb.ModelMetadataResponse(
                 name=info.name,
                 versions=versions,
@@ -131,10 +131,10 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         with track_request(self._metrics, "ModelStatistics") as record:
             try:
-                served = self._dataplane.statistics(request.name, request.version)
+                records = await self._dataplane.statistics(request.name, request.version)
             except ServingError as exc:
                 await abort_with(context, exc, record)
-            return pb.ModelStatisticsResponse(model_stats=[model_statistics(s) for s in served])
+            return pb.ModelStatisticsResponse(model_stats=[model_statistics(r) for r in records])
 
     # --- the model repository extension --------------------------------------------------
 
@@ -150,7 +150,7 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                         state=entry.state.value,
                         reason=entry.reason,
                     )
-                    for entry in self._dataplane.index(ready_only=request.ready)
+                    for entry in await self._dataplane.index(ready_only=request.ready)
                 ]
             )
 

@@ -29,7 +29,7 @@ from mnist_serving_server.core.tokens import (
     UNAUTHENTICATED_DETAILS,
     BearerTokens,
 )
-from mnist_serving_server.core.triton_records import model_config_record, statistics_record
+from mnist_serving_server.core.triton_records import model_config_record
 from mnist_serving_server.http_api import v2_json
 from mnist_serving_server.http_api.http_errors import (
     CODE_NAMES,
@@ -337,7 +337,7 @@ class V2HttpApp:
         self, scope: Scope, receive: Receive, call: Call, name: str, version: str
     ) -> Reply:
         info = self._resolve(call, name, version).info
-        versions = [v.version for v in self._dataplane.statistics(info.name, "")]
+        versions = self._dataplane.versions(info.name)
         return _json(
             200,
             {
@@ -359,10 +359,10 @@ class V2HttpApp:
     async def _stats(
         self, scope: Scope, receive: Receive, call: Call, name: str, version: str
     ) -> Reply:
-        served = self._dataplane.statistics(name, version)
+        records = await self._dataplane.statistics(name, version)
         if name:
-            call.model = served[0].name if served else ""
-        return _json(200, {"model_stats": [statistics_record(s) for s in served]})
+            call.model = records[0]["name"] if records else ""
+        return _json(200, {"model_stats": records})
 
     # --- the repository extension -------------------------------------------------------------
 
@@ -371,7 +371,7 @@ class V2HttpApp:
         ready_only = request.get("ready", False)
         if not isinstance(ready_only, bool):
             raise InvalidInputError("`ready` must be a boolean")
-        entries = self._dataplane.index(ready_only=ready_only)
+        entries = await self._dataplane.index(ready_only=ready_only)
         return _json(
             200,
             [
@@ -382,13 +382,13 @@ class V2HttpApp:
 
     async def _load(self, scope: Scope, receive: Receive, call: Call, name: str) -> Reply:
         await self._json_body(scope, receive)
-        call.model = name if name in {e.name for e in self._dataplane.index()} else ""
+        call.model = name if self._dataplane.in_repository(name) else ""
         await self._dataplane.load(name)
         return Reply(200, b"")
 
     async def _unload(self, scope: Scope, receive: Receive, call: Call, name: str) -> Reply:
         await self._json_body(scope, receive)
-        call.model = name if name in {e.name for e in self._dataplane.index()} else ""
+        call.model = name if self._dataplane.in_repository(name) else ""
         await self._dataplane.unload(name)
         return Reply(200, b"")
 

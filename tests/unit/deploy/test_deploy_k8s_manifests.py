@@ -60,6 +60,15 @@ def test_every_setting_in_the_configmap_is_accepted_by_the_server() -> None:
     assert unknown == []
 
 
+def test_one_worker_per_cpu_of_the_limit_each_with_its_share_of_threads() -> None:
+    config = base_config()
+    resources = server_container()["resources"]
+    cpus = int(resources["limits"]["cpu"])
+    assert int(resources["requests"]["cpu"]) == cpus
+    assert config.workers == cpus
+    assert config.intra_op_threads * config.worker_count <= cpus
+
+
 def test_gpu_overlay_settings_are_accepted_and_select_cuda() -> None:
     kustomization = yaml.safe_load((K8S_OVERLAYS / "gpu" / "kustomization.yaml").read_text())
     (generator,) = kustomization["configMapGenerator"]

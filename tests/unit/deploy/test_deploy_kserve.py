@@ -46,6 +46,15 @@ def runtime_config() -> ServerConfig:
     return load_config(container.get("args", []), environ=environ)
 
 
+def test_one_worker_per_cpu_of_the_limit_each_with_its_share_of_threads() -> None:
+    config = runtime_config()
+    resources = runtime_container()["resources"]
+    cpus = int(resources["limits"]["cpu"])
+    assert int(resources["requests"]["cpu"]) == cpus
+    assert config.workers == cpus
+    assert config.intra_op_threads * config.worker_count <= cpus
+
+
 def test_runtime_follows_kserve_naming() -> None:
     document = runtime()
     assert document["apiVersion"] == "serving.kserve.io/v1alpha1"

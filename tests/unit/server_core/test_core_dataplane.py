@@ -118,8 +118,7 @@ async def test_statistics_count_successes_failures_and_images(registry: ModelReg
     with pytest.raises(InvalidInputError):
         await plane.infer(served, np.zeros((0, 4), dtype=np.float32), deadline=None)
 
-    (stats,) = [s.statistics for s in plane.statistics(REGRESSOR, "")]
-    assert stats is served.statistics
+    stats = served.statistics
     assert stats.success.count == len(rows)
     assert stats.success.ns > 0
     assert stats.fail.count == 2
@@ -129,12 +128,18 @@ async def test_statistics_count_successes_failures_and_images(registry: ModelReg
     assert stats.compute_infer.count == len(rows)
     assert sum(size * b.count for size, b in stats.batches.items()) == sum(rows)
     assert stats.last_inference_ms > 0
+    # What the statistics API answers is that record, in Triton's shape.
+    (record,) = await plane.statistics(REGRESSOR, "")
+    assert record["inference_count"] == sum(rows)
+    assert record["inference_stats"]["success"] == {"count": len(rows), "ns": stats.success.ns}
+    assert record["inference_stats"]["fail"]["count"] == 2
     # Another model's statistics are its own.
-    (mnist,) = plane.statistics("mnist", "")
-    assert (mnist.statistics.success.count, mnist.statistics.inference_count) == (0, 0)
-    assert [s.name for s in plane.statistics("", "")] == ["mnist", REGRESSOR]
+    (mnist,) = await plane.statistics("mnist", "")
+    assert (mnist["inference_stats"]["success"]["count"], mnist["inference_count"]) == (0, 0)
+    assert [r["name"] for r in await plane.statistics("", "")] == ["mnist", REGRESSOR]
+    assert plane.versions(REGRESSOR) == ["1"]
     with pytest.raises(ModelNotFoundError):
-        plane.statistics(REGRESSOR, "9")
+        await plane.statistics(REGRESSOR, "9")
 
 
 @pytest.mark.parametrize("mode", [ModelControlMode.NONE, ModelControlMode.POLL])
@@ -151,7 +156,7 @@ async def test_repository_changes_are_refused_unless_explicit(
         assert "--model-control-mode explicit" in str(raised.value)
     assert plane.model(REGRESSOR, "") is served
     assert served.ready
-    assert [e.name for e in plane.index(ready_only=True)] == ["mnist", REGRESSOR]
+    assert [e.name for e in await plane.index(ready_only=True)] == ["mnist", REGRESSOR]
 
 
 async def test_explicit_mode_loads_and_unloads(registry: ModelRegistry) -> None:

@@ -16,6 +16,7 @@ from mnist_serving_server.config import (
     flag_name,
     load_config,
 )
+from mnist_serving_server.core.cores import available_cores
 
 
 def one_line(text: str) -> str:
@@ -55,8 +56,8 @@ def test_flags_override_environment_which_overrides_defaults() -> None:
 def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MNIST_SERVING_WORKERS", "3")
     assert load_config([]).workers == 3
-    assert load_config([], {}).workers == 1  # an explicit mapping replaces os.environ
-    assert ServerConfig().workers == 1  # constructing directly never reads the environment
+    assert load_config([], {}).workers == "auto"  # an explicit mapping replaces os.environ
+    assert ServerConfig().workers == "auto"  # constructing directly never reads the environment
 
 
 def test_empty_variables_count_as_unset_and_other_variables_are_ignored() -> None:
@@ -159,7 +160,16 @@ def test_invalid_values_name_the_flag_and_variable(argv: list[str], message: str
 def test_a_variable_out_of_range_names_the_flag_and_variable() -> None:
     with pytest.raises(ConfigError) as error:
         load_config([], {"MNIST_SERVING_WORKERS": "0"})
-    assert str(error.value) == "--workers (MNIST_SERVING_WORKERS) must be >= 1, got 0"
+    assert str(error.value) == "--workers (MNIST_SERVING_WORKERS) must be >= 1 or auto, got 0"
+
+
+def test_workers_auto_is_the_default_and_resolves_to_the_usable_cores() -> None:
+    assert load_config([], {}).workers == "auto"
+    assert load_config([], {}).worker_count == available_cores()
+    assert load_config(["--workers", "auto"], {"MNIST_SERVING_WORKERS": "3"}).workers == "auto"
+    assert load_config([], {"MNIST_SERVING_WORKERS": "3"}).worker_count == 3
+    with pytest.raises(ConfigError, match="must be one of auto, got 'many'"):
+        load_config(["--workers", "many"], {})
 
 
 def test_malformed_environment_variable_is_named_with_its_text() -> None:
@@ -210,7 +220,7 @@ def test_config_is_frozen_and_with_changes_validates() -> None:
         config.port = 1  # type: ignore[misc]
     changed = config.with_changes(workers=2, port=0, ready_file=Path("r.json"))
     assert (changed.workers, changed.port, changed.ready_file) == (2, 0, Path("r.json"))
-    assert config.workers == 1  # the original is untouched
+    assert config.workers == "auto"  # the original is untouched
     with pytest.raises(ConfigError, match=r"--port \(MNIST_SERVING_PORT\) must be in"):
         config.with_changes(port=-3)
     with pytest.raises(ConfigError, match="unknown setting 'model_version'"):

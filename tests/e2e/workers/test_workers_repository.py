@@ -1,0 +1,260 @@
+"""`--workers 2`: one repository state. A change made through any worker (gRPC or HTTP), or
+found by polling, is served by every worker when the call returns; the index and the
+statistics describe the whole server; a swap under load fails no call.
+
+Connections land on workers by the kernel's hash; each check opens CONNECTIONS of them
+and first proves that both workers hold some, so "every connection agrees" means "every
+worker agrees".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from mnist_serving_proto import open_inference_pb2 as pb
+from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
+from mnist_serving_server.core.cores import available_cores
+from tests.e2e.workers.workers_support import (
+    RPC_TIMEOUT_S,
+    established_server_sockets,
+    open_channels,
+    socket_inodes_of,
+    worker_pids,
+)
+from tests.integration.v2.v2_helpers import raw_infer_request
+from tests.server_process import ServerProcess, start_server_process
+
+WORKERS = 2
+MODEL = "mnist"
+CONNECTIONS = 16  # all on one of two workers: chance 2**-15
+LOAD_THREADS = 4
+# The load runs until the swap is done; these bound it whatever happens.
+LOAD_LIMIT_CALLS_PER_THREAD = 20_000
+LOAD_LIMIT_S = 120.0
+CALLS_BEFORE_SWAP = 200
+CALLS_AFTER_SWAP = 200
+START_TIMEOUT_S = 120
+POLL_SECS = 0.2
+POLL_WAIT_S = 60.0
+WAIT_STEP_S = 0.1
+STATISTICS_CALLS = 40
+
+
+@pytest.fixture
+def repository(model_repository: Path, tmp_path: Path) -> Path:
+    """A repository of its own (the tests add versions): mnist/1 only."""
+    repository = tmp_path / "repository"
+    shutil.copytree(model_repository / MODEL, repository / MODEL)
+    return repository
+
+
+def start_workers(repository: Path, *args: str) -> ServerProcess:
+    return start_server_process(
+        repository, "--workers", str(WORKERS), "--drain-delay-s", "0", *args,
+        timeout_s=START_TIMEOUT_S,
+    )  # fmt: skip
+
+
+def add_version(repository: Path, version: int) -> None:
+    """A new version folder, complete before it appears (a copy, then a rename)."""
+    staging = repository.parent / f"staging-{version}"
+    shutil.copytree(repository / MODEL / "1", staging)
+    staging.rename(repository / MODEL / str(version))
+
+
+class Workers:
+    """CONNECTIONS channels to the server, proven to reach every worker."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.channels = open_channels(server.target, CONNECTIONS)
+        established = established_server_sockets(server.grpc_port)
+        per_worker = [len(socket_inodes_of(pid) & established) for pid in worker_pids(server)]
+        assert len(per_worker) == WORKERS, per_worker
+        assert all(per_worker), per_worker
+        self.stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in self.channels]
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+    def ready(self, version: str) -> set[bool]:
+        """ModelReady(mnist, version) as each connection's worker answers it."""
+        request = pb.ModelReadyRequest(name=MODEL, version=version)
+        return {stub.ModelReady(request, timeout=RPC_TIMEOUT_S).ready for stub in self.stubs}
+
+    def indexes(self) -> list[list[tuple[str, str, str]]]:
+        request = pb.RepositoryIndexRequest()
+        return [
+            [(m.name, m.version, m.state) for m in stub.RepositoryIndex(request).models]
+            for stub in self.stubs
+        ]
+
+
+@pytest.fixture
+def workers(repository: Path) -> Iterator[tuple[ServerProcess, Workers]]:
+    with start_workers(repository) as server:
+        connections = Workers(server)
+        try:
+            yield server, connections
+        finally:
+            connections.close()
+
+
+class Load:
+    """Threads calling ModelInfer (latest version) on their own connections until stopped."""
+
+    def __init__(self, target: str, image: np.ndarray) -> None:
+        self._request = raw_infer_request(image[None])
+        self._channels = open_channels(target, LOAD_THREADS)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.codes: Counter[str] = Counter()
+        self.versions: Counter[str] = Counter()
+        self._threads = [
+            threading.Thread(target=self._run, args=(channel,), daemon=True)
+            for channel in self._channels
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def calls(self) -> int:
+        with self._lock:
+            return sum(self.codes.values())
+
+    def wait_for(self, calls: int) -> None:
+        deadline = time.monotonic() + LOAD_LIMIT_S
+        while self.calls() < calls and time.monotonic() < deadline:
+            time.sleep(WAIT_STEP_S)
+        assert self.calls() >= calls, self.codes
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=LOAD_LIMIT_S)
+        for channel in self._channels:
+            channel.close()
+
+    def _run(self, channel: grpc.Channel) -> None:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        deadline = time.monotonic() + LOAD_LIMIT_S
+        for _ in range(LOAD_LIMIT_CALLS_PER_THREAD):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                reply = stub.ModelInfer(self._request, timeout=RPC_TIMEOUT_S)
+                code, version = "OK", reply.model_version
+            except grpc.RpcError as error:
+                code, version = error.code().name, ""
+            with self._lock:
+                self.codes[code] += 1
+                self.versions[version] += 1
+
+
+def test_a_swap_under_load_reaches_every_worker_before_the_call_returns(
+    workers: tuple[ServerProcess, Workers],
+    repository: Path,
+    sample_digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    server, connections = workers
+    assert connections.ready("1") == {True}
+    load = Load(server.target, sample_digits[0][0])
+    try:
+        load.wait_for(CALLS_BEFORE_SWAP)
+        add_version(repository, 2)
+        # Through one connection (one worker): the load returns once both workers serve v2.
+        connections.stubs[0].RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(model_name=MODEL), timeout=RPC_TIMEOUT_S
+        )
+        assert connections.ready("2") == {True}
+        assert connections.ready("1") == {False}  # latest 1: v1 retired in every worker
+        load.wait_for(load.calls() + CALLS_AFTER_SWAP)
+    finally:
+        load.stop()
+    assert set(load.codes) == {"OK"}, load.codes  # zero failed calls across the swap
+    assert load.versions["1"] >= CALLS_BEFORE_SWAP
+    assert load.versions["2"] >= CALLS_AFTER_SWAP
+    # One index for the whole server, whichever worker answers.
+    indexes = connections.indexes()
+    assert all(index == indexes[0] for index in indexes), indexes
+    assert (MODEL, "2", "READY") in indexes[0]
+
+
+def test_http_unload_and_load_through_one_worker_apply_to_all(
+    workers: tuple[ServerProcess, Workers],
+) -> None:
+    server, connections = workers
+    base = f"http://{server.http_target}/v2/repository/models/{MODEL}"
+    for action, ready in (("unload", False), ("load", True)):
+        request = urllib.request.Request(f"{base}/{action}", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=RPC_TIMEOUT_S) as response:
+            assert response.status == 200
+        assert connections.ready("") == {ready}, action
+        index = urllib.request.Request(f"http://{server.http_target}/v2/repository/index", b"{}")
+        with urllib.request.urlopen(index, timeout=RPC_TIMEOUT_S) as response:
+            rows = json.loads(response.read())
+        states = {(row["name"], row["state"]) for row in rows}
+        assert states == {(MODEL, "READY" if ready else "UNAVAILABLE")}, rows
+
+
+def test_statistics_add_up_every_worker(
+    workers: tuple[ServerProcess, Workers], sample_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, connections = workers
+    request = raw_infer_request(sample_digits[0][:1])
+    for call in range(STATISTICS_CALLS):
+        connections.stubs[call % CONNECTIONS].ModelInfer(request, timeout=RPC_TIMEOUT_S)
+    answers = []
+    for stub in connections.stubs:
+        (stats,) = stub.ModelStatistics(
+            pb.ModelStatisticsRequest(name=MODEL), timeout=RPC_TIMEOUT_S
+        ).model_stats
+        answers.append((stats.inference_count, stats.inference_stats.success.count))
+    # Calls went to both workers; every worker reports the server's total.
+    assert set(answers) == {(STATISTICS_CALLS, STATISTICS_CALLS)}, answers
+
+
+def test_poll_mode_applies_a_new_version_in_every_worker(repository: Path) -> None:
+    with start_workers(
+        repository, "--model-control-mode", "poll", "--repository-poll-secs", str(POLL_SECS)
+    ) as server:
+        connections = Workers(server)
+        try:
+            add_version(repository, 2)
+            deadline = time.monotonic() + POLL_WAIT_S
+            while (MODEL, "2", "READY") not in connections.indexes()[0]:
+                assert time.monotonic() < deadline, connections.indexes()[0]
+                time.sleep(WAIT_STEP_S)
+            # The merged index says READY only once every worker has the version.
+            assert connections.ready("2") == {True}
+        finally:
+            connections.close()
+
+
+def test_workers_auto_starts_one_worker_per_usable_core(repository: Path) -> None:
+    cores = available_cores()
+    with start_server_process(repository, "--workers", "auto", timeout_s=START_TIMEOUT_S) as auto:
+        expected = cores if cores > 1 else 0  # one core: a plain single process
+        assert len(worker_pids(auto)) == expected
+
+
+def test_workers_auto_follows_the_cpu_affinity(repository: Path) -> None:
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # the server inherits one core
+    try:
+        server = start_server_process(repository, "--workers", "auto", timeout_s=START_TIMEOUT_S)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    with server:
+        assert worker_pids(server) == []  # one usable core: no worker processes
