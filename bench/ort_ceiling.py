@@ -21,7 +21,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from mnist_serving_server.core.ort_names import CPU_PROVIDER
+from mnist_serving_server.core.ort_names import (
+    CPU_PROVIDER,
+    DISABLED_OPTIMIZERS_KEY,
+    parse_disabled_optimizers,
+)
 
 DEFAULT_BATCH_SIZES = (1, 16, 32, 64)
 DEFAULT_SECONDS_PER_BATCH_SIZE = 3.0
@@ -30,8 +34,6 @@ WARMUP_RUNS = 5
 IMAGE_SHAPE = (1, 28, 28)
 PIXEL_SEED = 11
 MAX_PIXEL = 256
-# The metadata key the INT8 export uses to switch off optimizers that slow it down.
-DISABLED_OPTIMIZERS_KEY = "ort_disabled_optimizers"
 # The metadata key the INT8 export sets on quantized models.
 QUANTIZATION_KEY = "quantization"
 
@@ -46,8 +48,9 @@ def load_session(model: Path, intra_op_threads: int = 0) -> ort.InferenceSession
     options.intra_op_num_threads = intra_op_threads or available_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     probe = ort.InferenceSession(str(model), providers=[CPU_PROVIDER])
+    # The INT8 export names optimizers that slow it down; read as the server reads them.
     disabled = probe.get_modelmeta().custom_metadata_map.get(DISABLED_OPTIMIZERS_KEY, "")
-    names = [name.strip() for name in disabled.split(",") if name.strip()]
+    names = parse_disabled_optimizers(disabled)
     return ort.InferenceSession(
         str(model),
         sess_options=options,

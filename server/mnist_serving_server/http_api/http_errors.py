@@ -1,4 +1,4 @@
-"""The one table from the server's exceptions to HTTP statuses (DESIGN.md, "Error model").
+"""The one table from the server's exceptions to HTTP statuses (docs/v2_protocol.md, "Errors").
 
 Beside `grpc_api/grpc_errors.py`, from the same exceptions. Every error body is
 `{"error": "..."}` as application/json. Each status also carries the name of the matching

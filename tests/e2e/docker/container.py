@@ -40,9 +40,10 @@ HEALTH_SERVICE = "mnist_serving.v1.Classifier"
 DOCKER_TIMEOUT_S = 60.0
 SERVING_TIMEOUT_S = 120.0
 POLL_S = 0.5
-# The shipped model (model_repository/mnist/1, 5+ epochs) must reach 97% on the sample's
-# held-out digits; a model trained for a single epoch (what `make model` gives in a hurry)
-# reaches ~93%, so it is held to 90%, and the tests say so.
+# A model trained for more than one epoch (the shipped model_repository/mnist/1 has 8) must
+# reach 97% on the sample's held-out digits. One whose report says one epoch or less (e.g.
+# `make model EPOCHS=1` in a hurry; a report without `epochs` counts as 0) reaches ~93%, so
+# it is held to 90%, and the tests say so (accuracy_target).
 TARGET_ACCURACY = 0.97
 ONE_EPOCH_ACCURACY = 0.90
 
