@@ -391,9 +391,14 @@ def cpu_per_request_us(cpu_s: float | None, replies: int) -> float | None:
 Sampler = Callable[[], Mapping[str, float] | None]
 
 
-def _sample(cpu_seconds: Callable[[], float | None], extra: Sampler | None) -> dict[str, float]:
+def _sample(
+    cpu_seconds: Callable[[], float | None], extra: Sampler | None, *, cpu_first: bool
+) -> dict[str, float]:
+    """CPU and the extra figures; `cpu_first` at the window's end, last at its start, so
+    that the service's work for `extra` (a /metrics scrape) stays out of the window."""
+    cpu = cpu_seconds() if cpu_first else None
     values = dict(extra() or {}) if extra is not None else {}
-    cpu = cpu_seconds()
+    cpu = cpu if cpu_first else cpu_seconds()
     if cpu is not None:
         values["cpu_s"] = cpu
     return values
@@ -432,12 +437,12 @@ def measure(
         settle(counter)
         requests = planned_requests(warm.requests_per_s, scenario)
         expected_s = requests / max(warm.requests_per_s, 1.0)
-        before, start = counter(), _sample(cpu_seconds, extra)
+        before, start = counter(), _sample(cpu_seconds, extra, cpu_first=False)
         report = run_h2load(
             [*base, "-n", str(requests), "--log-file", str(log), url],
             RUN_TIMEOUT_FACTOR * expected_s + RUN_TIMEOUT_MARGIN_S,
         )
-        end, after = _sample(cpu_seconds, extra), counter()
+        end, after = _sample(cpu_seconds, extra, cpu_first=True), counter()
         latency = log_latency(parse_log(log.read_text()))
     errors, ok = count_errors(requests, before, after), ok_replies(before, after)
     deltas = {key: end[key] - start[key] for key in start.keys() & end.keys()}
