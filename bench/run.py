@@ -26,7 +26,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,6 @@ PLOT_NAME = "benchmarks_latency_throughput.png"
 QUICK_ORT_SECONDS = 1.0
 # ORT runs 4 batch sizes; allow for a slow, shared machine on top of that.
 ORT_TIMEOUT_MARGIN_S = 120.0
-METRICS_TIMEOUT_S = 5.0
 BATCH_SIZE_METRIC = "mnist_serving_batch_size"
 SERVER_MODULE = "mnist_serving_server"
 # Shutdown speed only: the bench doesn't need the load-balancer drain delay.
@@ -220,30 +218,34 @@ def run_ort_ceiling(model: Path, seconds: float, out: Path) -> dict[str, Any]:
     return result
 
 
-def scrape_batch_totals(metrics_port: int | None) -> tuple[float, float] | None:
-    """(images, batches) so far from the server's batch-size histogram, if reachable."""
-    if not metrics_port:
-        return None
+def batch_totals(metrics_text: str) -> tuple[float, float] | None:
+    """(images, batches) so far from the server's batch-size histogram, summed over its
+    models and versions (a repository serves several; the bench loads one of them)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
     total = count = None
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(metrics_text):
         if family.name != BATCH_SIZE_METRIC:
             continue
         for sample in family.samples:
             if sample.name == f"{BATCH_SIZE_METRIC}_sum":
-                total = sample.value
+                total = (total or 0.0) + sample.value
             elif sample.name == f"{BATCH_SIZE_METRIC}_count":
-                count = sample.value
+                count = (count or 0.0) + sample.value
     if total is None or count is None:
         return None
     return total, count
+
+
+def scrape_batch_totals(metrics_port: int | None) -> tuple[float, float] | None:
+    """batch_totals() of the server's /metrics, if reachable."""
+    if not metrics_port:
+        return None
+    try:
+        text = h2load.scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    except OSError:
+        return None
+    return batch_totals(text)
 
 
 class Runner:

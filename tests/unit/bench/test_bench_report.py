@@ -211,3 +211,19 @@ def test_int8_ratio_when_both_precisions_were_measured() -> None:
     table = render_table(document, compute_ratios(document))
     assert "| ceiling | ONNX Runtime in process (INT8) | batch 64 |" in table
     assert "INT8 / FP32 images/s in process = 2.40" in table
+
+
+def test_batch_totals_add_up_over_the_repositorys_models() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bench.run import batch_totals
+    from mnist_serving_server.metrics import ServerMetrics, VersionObserver
+
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    served = VersionObserver(metrics, "mnist", "1")
+    for size in (4, 6):
+        served.on_batch(size, [0.0] * size, 0.001)
+    VersionObserver(metrics, "mnist_features", "1")  # loaded, never called: zero samples
+    assert batch_totals(generate_latest(registry).decode()) == (10.0, 2.0)
+    assert batch_totals("") is None
