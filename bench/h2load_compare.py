@@ -79,7 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-source", type=Path, required=True)
     parser.add_argument("--baseline-args", default="--model-name mnist")
-    parser.add_argument("--candidate-args", default="")
+    parser.add_argument("--candidate-args", default="--http-port 0")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)

@@ -176,7 +176,7 @@ def main() -> int:
         "taskset", "-c", ",".join(map(str, server_cpus)),
         *python_module_command("mnist_serving_server"),
         "--model-repository", str(REPO_ROOT / "model_repository"),
-        "--host", "127.0.0.1", "--port", "0",
+        "--host", "127.0.0.1", "--port", "0", "--http-port=-1",
         "--metrics-host", "127.0.0.1", "--metrics-port", "0",
         "--max-queue-size", str(args.max_queue_size),
         "--max-batch-size", str(args.max_batch_size),
