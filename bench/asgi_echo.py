@@ -1,6 +1,9 @@
 """A bare ASGI app that answers each request with its own body, on the HTTP stack the
 server uses (uvicorn + httptools on uvloop, started the way `http_api/front.py` starts it):
-the HTTP per-request ceiling, as `echo_server.py` is the gRPC one.
+the HTTP per-request floor, as `echo_server.py` is the gRPC one.
+
+It counts the replies it echoes; `GET /replies` answers the count as ASCII digits (and is
+not counted), so a bench can prove every request it sent was echoed.
 
 `python -m bench.asgi_echo --ready-file F` writes {"http_port", "pid"} to F once it
 listens, and exits 0 on SIGTERM or SIGINT.
@@ -21,13 +24,17 @@ from mnist_serving_server import event_loop
 from mnist_serving_server.http_api.front import HttpFront
 
 Message = MutableMapping[str, Any]
+REPLIES_PATH = "/replies"
 
 
 class Echo:
-    """Raw ASGI: the request body back, application/octet-stream."""
+    """Raw ASGI: the request body back, application/octet-stream; GET /replies: the count."""
 
     refusing = False
     inflight = 0
+
+    def __init__(self) -> None:
+        self.replies = 0
 
     async def __call__(
         self,
@@ -44,6 +51,10 @@ class Echo:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if scope["method"] == "GET" and scope["path"] == REPLIES_PATH:
+            body = str(self.replies).encode()
+        else:
+            self.replies += 1
         await send(
             {
                 "type": "http.response.start",

@@ -1,9 +1,14 @@
-"""A bare grpc.aio server that answers each request with its own bytes: the RPC ceiling.
+"""A bare grpc.aio server that answers each request with its own bytes: the RPC floor.
 
-It serves the Classify and ClassifyStream method paths with raw-bytes handlers (no
-protobuf, no model, no batching), so the load generator drives it exactly as it drives
-the real server; what the real server reaches relative to this is what our per-request
-path costs. One process, one event loop, the same server options as the real server.
+It serves the Classify, ClassifyStream and V2 `inference.GRPCInferenceService/ModelInfer`
+method paths with raw-bytes handlers (no protobuf, no model, no batching), so the load
+generators (bench.loadgen, h2load) drive it exactly as they drive the real server; what
+the real server reaches relative to this is what our per-request path costs. One
+process, one event loop (uvloop when installed, as the server runs), the same server
+options as the real server.
+
+It counts the replies it sends: `/bench.EchoStats/Replies` answers the count as ASCII
+digits, so a bench that cannot see gRPC statuses (h2load) can prove every call was echoed.
 
 `python -m bench.echo_server --port 0 --ready-file F` writes {"grpc_port", "pid"} to F
 once it listens, and exits 0 on SIGTERM or SIGINT.
@@ -22,11 +27,17 @@ from pathlib import Path
 
 import grpc
 
-from mnist_serving_proto import classifier_pb2
+from mnist_serving_proto import classifier_pb2, open_inference_pb2
+from mnist_serving_server import event_loop
 
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
+V2_SERVICE = open_inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 UNARY_METHOD = "Classify"
 STREAM_METHOD = "ClassifyStream"
+V2_METHOD = "ModelInfer"
+STATS_SERVICE = "bench.EchoStats"
+REPLIES_METHOD = "Replies"
+REPLIES_PATH = f"/{STATS_SERVICE}/{REPLIES_METHOD}"
 MESSAGE_LIMIT_BYTES = 16 * 1024 * 1024
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
@@ -37,7 +48,14 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 STOP_GRACE_S = 1.0
 
 
+class ReplyCount:
+    """Replies sent (unary replies and stream messages alike)."""
+
+    value = 0
+
+
 async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    ReplyCount.value += 1
     return request
 
 
@@ -45,17 +63,30 @@ async def _echo_stream(
     requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
 ) -> AsyncIterator[bytes]:
     async for request in requests:
+        ReplyCount.value += 1
         yield request
 
 
-def echo_handler() -> grpc.GenericRpcHandler:
-    """Raw-bytes handlers (no (de)serializers) for the Classifier's method paths."""
-    return grpc.method_handlers_generic_handler(
-        CLASSIFIER_SERVICE,
-        {
-            UNARY_METHOD: grpc.unary_unary_rpc_method_handler(_echo),
-            STREAM_METHOD: grpc.stream_stream_rpc_method_handler(_echo_stream),
-        },
+async def _replies(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return str(ReplyCount.value).encode()
+
+
+def echo_handlers() -> tuple[grpc.GenericRpcHandler, ...]:
+    """Raw-bytes handlers (no (de)serializers) for the Classifier's and V2's method paths,
+    and the reply count."""
+    unary: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(_echo)
+    return (
+        grpc.method_handlers_generic_handler(
+            CLASSIFIER_SERVICE,
+            {
+                UNARY_METHOD: unary,
+                STREAM_METHOD: grpc.stream_stream_rpc_method_handler(_echo_stream),
+            },
+        ),
+        grpc.method_handlers_generic_handler(V2_SERVICE, {V2_METHOD: unary}),
+        grpc.method_handlers_generic_handler(
+            STATS_SERVICE, {REPLIES_METHOD: grpc.unary_unary_rpc_method_handler(_replies)}
+        ),
     )
 
 
@@ -68,7 +99,7 @@ def write_ready_file(path: Path, grpc_port: int) -> None:
 
 async def serve(host: str, port: int, ready_file: Path | None) -> int:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((echo_handler(),))
+    server.add_generic_rpc_handlers(echo_handlers())
     bound_port = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -89,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--ready-file", type=Path, help="write {grpc_port, pid} here when up")
     args = parser.parse_args(argv)
-    return asyncio.run(serve(args.host, args.port, args.ready_file))
+    return event_loop.run(serve(args.host, args.port, args.ready_file))
 
 
 if __name__ == "__main__":

@@ -25,62 +25,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
 import statistics
-import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
+from bench import h2load
+from bench.processes import ServiceProcess, python_module_command
+from bench.scenarios import Api
+from bench.stats import percentile as nearest_rank
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-METHOD_PATH = "/inference.GRPCInferenceService/ModelInfer"
 CONNECTIONS = 4
 OVERLOAD_STREAMS_PER_CONNECTION = 256
 READY_TIMEOUT_S = 120.0
 PROBE_PAUSE_S = 0.02
 PROBE_TIMEOUT_S = 5.0
 UNLOADED_PROBES = 300
-SAMPLE = re.compile(r"^mnist_serving_requests_total\{([^}]*)\} ([0-9.e+]+)$", re.M)
 REJECTION_P99_LIMIT_MS = 5.0
 ACCEPTED_P99_FACTOR = 3.0
 RSS_GROWTH_LIMIT_MB = 50.0
-
-
-def infer_request(images: int) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="mnist")
-    request.inputs.add(name="pixels", datatype="UINT8", shape=[images, 1, 28, 28])
-    request.raw_input_contents.append(np.zeros(784 * images, dtype=np.uint8).tobytes())
-    return request
-
-
-def write_grpc_body(path: Path, request: pb.ModelInferRequest) -> None:
-    payload = request.SerializeToString()
-    path.write_bytes(struct.pack(">BI", 0, len(payload)) + payload)
-
-
-def infer_counts(metrics_port: int) -> dict[str, float]:
-    """ModelInfer calls counted by the server, by code."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    counts: dict[str, float] = {}
-    for labels, value in SAMPLE.findall(text):
-        if 'method="ModelInfer"' in labels:
-            code = re.search(r'code="([A-Z_]+)"', labels)
-            if code:
-                counts[code.group(1)] = counts.get(code.group(1), 0.0) + float(value)
-    return counts
+H2LOAD_TIMEOUT_MARGIN_S = 60.0
 
 
 def rss_mb(pid: int) -> float:
@@ -91,10 +63,7 @@ def rss_mb(pid: int) -> float:
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    return nearest_rank(sorted(values), 100 * fraction) if values else None
 
 
 class Probe:
@@ -149,22 +118,26 @@ class Probe:
         self._channel.close()
 
 
-def h2load(
-    port: int, body: Path, duration_s: float, connections: int, streams: int, rps: float | None
-) -> str:
-    command = [
-        "h2load", "-c", str(connections), "-m", str(streams), "-D", f"{round(duration_s)}s",
-        "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-    ]  # fmt: skip
-    if rps is not None:
-        command.append(f"--rps={max(rps, 1.0):.1f}")
-    command.append(f"http://127.0.0.1:{port}{METHOD_PATH}")
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration_s + 60, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"h2load failed ({result.returncode}): {result.stdout[-2000:]}")
-    return result.stdout
+def run_h2load(
+    port: int,
+    body: h2load.Request,
+    duration_s: float,
+    connections: int,
+    streams: int,
+    rps: float | None,
+) -> h2load.H2loadReport:
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file = Path(tmp) / "body"
+        body_file.write_bytes(body.body)
+        command = [
+            h2load.require_h2load(), "-c", str(connections), "-m", str(streams),
+            "-D", f"{round(duration_s)}s", "-d", str(body_file),
+            *body.header_args(),
+        ]  # fmt: skip
+        if rps is not None:
+            command.append(f"--rps={max(rps, 1.0):.1f}")
+        command.append(f"http://127.0.0.1:{port}{body.path}")
+        return h2load.run_h2load(command, duration_s + H2LOAD_TIMEOUT_MARGIN_S)
 
 
 def main() -> int:
@@ -181,107 +154,104 @@ def main() -> int:
         help="record the server with py-spy during the overload phase (collapsed stacks here)",
     )
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        raise SystemExit("h2load not found: apt-get install nghttp2-client")
+    try:
+        h2load.require_h2load()
+    except h2load.H2loadError as error:
+        raise SystemExit(str(error)) from None
     cpus = sorted(os.sched_getaffinity(0))
     half = max(1, len(cpus) // 2)
     server_cpus, client_cpus = cpus[:half], cpus[half:] or cpus
     os.sched_setaffinity(0, client_cpus)  # this script, its probe and h2load
-    request = infer_request(args.images)
+    body = h2load.build_request(Api.GRPC_V2, args.images)
+    # The probe's request: the message inside h2load's gRPC frame.
+    request = pb.ModelInferRequest.FromString(body.body[h2load.GRPC_FRAME.size :])
     report: dict[str, Any] = {
         "images_per_call": args.images,
         "server_cpus": server_cpus,
         "client_cpus": client_cpus,
         "load_average_at_start": os.getloadavg(),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        body = workdir / "infer.grpc"
-        write_grpc_body(body, request)
-        ready = workdir / "ready.json"
-        env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'server'}:{REPO_ROOT / 'client'}"}
-        command = [
-            "taskset", "-c", ",".join(map(str, server_cpus)),
-            sys.executable, "-m", "mnist_serving_server",
-            "--model-repository", str(REPO_ROOT / "model_repository"),
-            "--host", "127.0.0.1", "--port", "0",
-            "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-            "--max-queue-size", str(args.max_queue_size),
-            "--max-batch-size", str(args.max_batch_size),
-            "--max-images-per-request", str(args.max_batch_size),
-            "--intra-op-threads", "1", "--drain-delay-s", "0",
-            "--ready-file", str(ready), "--log-level", "WARNING",
-        ]  # fmt: skip
-        server = subprocess.Popen(command, env=env, cwd=REPO_ROOT)
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not ready.exists():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.1)
-            info = json.loads(ready.read_text())
-            port, metrics_port, pid = info["grpc_port"], info["metrics_port"], info["pid"]
-            target = f"127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'server'}:{REPO_ROOT / 'client'}"}
+    command = [
+        "taskset", "-c", ",".join(map(str, server_cpus)),
+        *python_module_command("mnist_serving_server"),
+        "--model-repository", str(REPO_ROOT / "model_repository"),
+        "--host", "127.0.0.1", "--port", "0", "--http-port=-1",
+        "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+        "--max-queue-size", str(args.max_queue_size),
+        "--max-batch-size", str(args.max_batch_size),
+        "--max-images-per-request", str(args.max_batch_size),
+        "--intra-op-threads", "1", "--drain-delay-s", "0", "--log-level", "WARNING",
+    ]  # fmt: skip
+    logs = Path(tempfile.mkdtemp(prefix="h2load-overload-"))
+    server = ServiceProcess(
+        command,
+        log_path=logs / "server.log",
+        ready_timeout_s=READY_TIMEOUT_S,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    with server:
+        port, pid = server.grpc_port, server.pid
+        counts = h2load.server_counter(int(server.ready["metrics_port"]), Api.GRPC_V2)
+        target = server.target
 
-            unloaded = Probe(target, request)
-            unloaded.run(UNLOADED_PROBES)
-            report["unloaded"] = unloaded.summary()
-            unloaded.close()
+        unloaded = Probe(target, request)
+        unloaded.run(UNLOADED_PROBES)
+        report["unloaded"] = unloaded.summary()
+        unloaded.close()
 
-            before = infer_counts(metrics_port)
-            started = time.monotonic()
-            # As many calls at once as the queue holds: the most it serves without shedding.
-            h2load(port, body, args.duration, 1, max(1, args.max_queue_size // args.images), None)
-            elapsed = time.monotonic() - started
-            after = infer_counts(metrics_port)
-            sustainable = (after.get("OK", 0) - before.get("OK", 0)) / elapsed
-            report["sustainable_calls_per_s"] = sustainable
-            report["sustainable_rejected"] = after.get("RESOURCE_EXHAUSTED", 0) - before.get(
-                "RESOURCE_EXHAUSTED", 0
-            )
+        before = counts()
+        started = time.monotonic()
+        # As many calls at once as the queue holds: the most it serves without shedding.
+        run_h2load(port, body, args.duration, 1, max(1, args.max_queue_size // args.images), None)
+        elapsed = time.monotonic() - started
+        after = counts()
+        sustainable = (after.get("OK", 0) - before.get("OK", 0)) / elapsed
+        report["sustainable_calls_per_s"] = sustainable
+        report["sustainable_rejected"] = after.get("RESOURCE_EXHAUSTED", 0) - before.get(
+            "RESOURCE_EXHAUSTED", 0
+        )
 
-            rss_before = rss_mb(pid)
-            offered = args.factor * sustainable
-            loaded = Probe(target, request)
-            before = infer_counts(metrics_port)
-            loaded.start_background()
-            profiler = None
-            if args.profile is not None:
-                profiler = subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(pid), "--duration", str(round(args.duration)),
-                     "--format", "raw", "--output", str(args.profile), "--nonblocking"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-            started = time.monotonic()
-            h2load(
-                port,
-                body,
-                args.duration,
-                CONNECTIONS,
-                OVERLOAD_STREAMS_PER_CONNECTION,
-                offered / CONNECTIONS,
-            )
-            elapsed = time.monotonic() - started
-            loaded.stop_background()
-            if profiler is not None:
-                profiler.wait(timeout=60)
-            after = infer_counts(metrics_port)
-            rss_after = rss_mb(pid)
-            loaded.close()
-            split = {code: after.get(code, 0) - before.get(code, 0) for code in after}
-            report["overload"] = {
-                "offered_calls_per_s_target": offered,
-                "answered_calls_per_s": sum(split.values()) / elapsed,
-                "served_calls_per_s": split.get("OK", 0) / elapsed,
-                "codes": split,
-                "probe": loaded.summary(),
-                "rss_mb_before": rss_before,
-                "rss_mb_after": rss_after,
-            }
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        rss_before = rss_mb(pid)
+        offered = args.factor * sustainable
+        loaded = Probe(target, request)
+        before = counts()
+        loaded.start_background()
+        profiler = None
+        if args.profile is not None:
+            profiler = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--duration", str(round(args.duration)),
+                 "--format", "raw", "--output", str(args.profile), "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        started = time.monotonic()
+        run_h2load(
+            port,
+            body,
+            args.duration,
+            CONNECTIONS,
+            OVERLOAD_STREAMS_PER_CONNECTION,
+            offered / CONNECTIONS,
+        )
+        elapsed = time.monotonic() - started
+        loaded.stop_background()
+        if profiler is not None:
+            profiler.wait(timeout=60)
+        after = counts()
+        rss_after = rss_mb(pid)
+        loaded.close()
+        split = {code: after.get(code, 0) - before.get(code, 0) for code in after}
+        report["overload"] = {
+            "offered_calls_per_s_target": offered,
+            "answered_calls_per_s": sum(split.values()) / elapsed,
+            "served_calls_per_s": split.get("OK", 0) / elapsed,
+            "codes": split,
+            "probe": loaded.summary(),
+            "rss_mb_before": rss_before,
+            "rss_mb_after": rss_after,
+        }
     unloaded_p99 = report["unloaded"].get("OK", {}).get("p99_ms")
     probe = report["overload"]["probe"]
     rejection_p99 = probe.get("RESOURCE_EXHAUSTED", {}).get("p99_ms")

@@ -77,28 +77,37 @@ def build_pixels(images: int, seed: int = PAYLOAD_SEED) -> np.ndarray:
     return rng.integers(0, MAX_PIXEL, size=(images, 1, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
 
 
-def build_request(scenario: Scenario) -> tuple[str, bytes]:
-    """The method path and the serialized request a scenario sends, built once."""
-    pixels = build_pixels(scenario.images_per_request)
-    if scenario.kind is Kind.V2_UNARY:
-        # Imported here: the V2 stubs are optional for the other scenarios.
-        from mnist_serving_proto import open_inference_pb2
+def v2_request_bytes(pixels: np.ndarray, model_name: str) -> bytes:
+    """A serialized V2 ModelInferRequest: `pixels` as one raw UINT8 input."""
+    # Imported here: the V2 stubs are optional for the other scenarios.
+    from mnist_serving_proto import open_inference_pb2
 
-        request = open_inference_pb2.ModelInferRequest(model_name=scenario.model_name)
-        tensor = request.inputs.add()
-        tensor.name = V2_INPUT_NAME
-        tensor.datatype = "UINT8"
-        tensor.shape.extend(pixels.shape)
-        request.raw_input_contents.append(pixels.tobytes())
-        return MODEL_INFER_METHOD, request.SerializeToString()
+    request = open_inference_pb2.ModelInferRequest(model_name=model_name)
+    tensor = request.inputs.add()
+    tensor.name = V2_INPUT_NAME
+    tensor.datatype = "UINT8"
+    tensor.shape.extend(pixels.shape)
+    request.raw_input_contents.append(pixels.tobytes())
+    return request.SerializeToString()
 
+
+def classify_request_bytes(pixels: np.ndarray) -> bytes:
+    """A serialized ClassifyRequest: one Image (784 raw pixels) per image of `pixels`."""
     from mnist_serving_proto import classifier_pb2
 
     classify = classifier_pb2.ClassifyRequest(
         images=[classifier_pb2.Image(pixels=image.tobytes()) for image in pixels]
     )
+    return classify.SerializeToString()
+
+
+def build_request(scenario: Scenario) -> tuple[str, bytes]:
+    """The method path and the serialized request a scenario sends, built once."""
+    pixels = build_pixels(scenario.images_per_request)
+    if scenario.kind is Kind.V2_UNARY:
+        return MODEL_INFER_METHOD, v2_request_bytes(pixels, scenario.model_name)
     method = CLASSIFY_STREAM_METHOD if scenario.kind is Kind.CLASSIFY_STREAM else CLASSIFY_METHOD
-    return method, classify.SerializeToString()
+    return method, classify_request_bytes(pixels)
 
 
 @dataclass(frozen=True)

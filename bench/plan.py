@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.scenarios import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, Kind, Mode, Scenario
+from bench.scenarios import (
+    DEFAULT_DURATION_S,
+    DEFAULT_WARMUP_S,
+    Api,
+    H2loadScenario,
+    Kind,
+    Mode,
+    Scenario,
+)
 
 UNARY_CONCURRENCIES = (1, 16, 64)
 # The load at which the performance targets compare the server with its ceilings.
@@ -19,6 +27,11 @@ QUICK_DURATION_S = 2.0
 QUICK_WARMUP_S = 0.5
 # Below this the open-loop sweep is not worth running (the server is broken or absent).
 MIN_OPEN_LOOP_RATE = 10.0
+# h2load's unary rows: gRPC as 4 connections x 16 streams (64 in flight, multiplexed as a
+# gRPC client does), HTTP/1.1 as 64 connections (64 in flight).
+H2LOAD_GRPC_CONNECTIONS = 4
+H2LOAD_GRPC_STREAMS = 16
+H2LOAD_HTTP_CONNECTIONS = 64
 
 
 def unary_name(concurrency: int) -> str:
@@ -30,6 +43,10 @@ STREAM_NAME = f"stream {STREAMS}x{STREAM_WINDOW}"
 BATCH_NAME = f"{BATCH_IMAGES}-image c={BATCH_CONCURRENCY}"
 V2_NAME = f"v2 unary c={REFERENCE_CONCURRENCY}"
 OPEN_LOOP_PREFIX = "open-loop"
+H2LOAD_GRPC_LOAD = f"{H2LOAD_GRPC_CONNECTIONS}x{H2LOAD_GRPC_STREAMS}"
+H2LOAD_V2_NAME = f"h2load v2 {H2LOAD_GRPC_LOAD}"
+H2LOAD_CLASSIFY_NAME = f"h2load classify {H2LOAD_GRPC_LOAD}"
+H2LOAD_HTTP_NAME = f"h2load http binary v2 c={H2LOAD_HTTP_CONNECTIONS}"
 
 
 def open_loop_name(fraction: float) -> str:
@@ -153,3 +170,39 @@ def open_loop_scenarios(settings: BenchSettings, peak_requests_per_s: float) -> 
             )
         )
     return scenarios
+
+
+def h2load_scenario(settings: BenchSettings, name: str, api: Api) -> H2loadScenario:
+    """A single-image row of `api` at the bench's load: 4 x 16 for gRPC, 64 for HTTP/1.1."""
+    grpc = api.is_grpc
+    return H2loadScenario(
+        name=name,
+        api=api,
+        connections=H2LOAD_GRPC_CONNECTIONS if grpc else H2LOAD_HTTP_CONNECTIONS,
+        streams=H2LOAD_GRPC_STREAMS if grpc else 1,
+        duration_s=settings.duration_s,
+        warmup_s=settings.warmup_s,
+        model_name=settings.model_name,
+    )
+
+
+def h2load_server_scenarios(
+    settings: BenchSettings, *, with_v2: bool = True
+) -> list[H2loadScenario]:
+    """The single-image unary rows h2load drives against each server configuration."""
+    v2 = [h2load_scenario(settings, H2LOAD_V2_NAME, Api.GRPC_V2)] if with_v2 else []
+    return [
+        *v2,
+        h2load_scenario(settings, H2LOAD_CLASSIFY_NAME, Api.GRPC_CLASSIFY),
+        h2load_scenario(settings, H2LOAD_HTTP_NAME, Api.HTTP_BINARY_V2),
+    ]
+
+
+def h2load_echo_scenarios(settings: BenchSettings) -> list[H2loadScenario]:
+    """The gRPC floor: the V2 row against the bare grpc.aio echo server."""
+    return [h2load_scenario(settings, H2LOAD_V2_NAME, Api.GRPC_V2)]
+
+
+def h2load_http_echo_scenarios(settings: BenchSettings) -> list[H2loadScenario]:
+    """The HTTP floor: the binary V2 row against the bare ASGI echo."""
+    return [h2load_scenario(settings, H2LOAD_HTTP_NAME, Api.HTTP_BINARY_V2)]

@@ -26,10 +26,11 @@ DEFAULT_STOP_TIMEOUT_S = 30.0
 KILL_WAIT_S = 5.0
 LOOPBACK = "127.0.0.1"
 PROC = Path("/proc")
-# /proc/<pid>/stat fields after the command name: utime and stime are fields 14 and 15
-# of the full line, i.e. indexes 11 and 12 after the ")" that closes the name.
+# /proc/<pid>/stat fields after the command name: utime, stime, cutime and cstime are
+# fields 14 to 17 of the full line, i.e. indexes 11 to 14 after the ")" that closes the
+# name. cutime + cstime: the CPU of the children it has waited for (a worker that exited).
 STAT_UTIME_INDEX = 11
-STAT_STIME_INDEX = 12
+STAT_CSTIME_INDEX = 14
 STAT_PPID_INDEX = 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,8 +49,10 @@ class ServiceProcess:
         log_path: Path,
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.command = list(command)
+        self.cwd = cwd
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
         self.env = env
@@ -80,6 +83,7 @@ class ServiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + self.ready_timeout_s
         while not self.ready_file.exists():
@@ -142,15 +146,22 @@ class ServiceProcess:
 
 
 def parse_stat(stat_line: str) -> tuple[int, float]:
-    """(parent pid, CPU seconds) from one /proc/<pid>/stat line."""
+    """(parent pid, CPU seconds of the process and of its waited-for children) from one
+    /proc/<pid>/stat line."""
     # The command name is in parentheses and may itself contain spaces or ")".
     fields = stat_line[stat_line.rindex(")") + 2 :].split()
-    ticks = int(fields[STAT_UTIME_INDEX]) + int(fields[STAT_STIME_INDEX])
+    ticks = sum(int(field) for field in fields[STAT_UTIME_INDEX : STAT_CSTIME_INDEX + 1])
     return int(fields[STAT_PPID_INDEX]), ticks / CLOCK_TICKS
 
 
 def process_tree_cpu_seconds(root_pid: int) -> float | None:
-    """CPU seconds of `root_pid` and its live descendants (Linux /proc); None elsewhere."""
+    """CPU seconds (user + system) of `root_pid` and all its descendants (Linux /proc);
+    None elsewhere.
+
+    The live processes of the tree are found by their parent pids (this kernel may lack
+    /proc/<pid>/task/<tid>/children); descendants that have exited count through their
+    parents' cutime + cstime. Every thread of a process is in its process's figures.
+    """
     if not PROC.is_dir():
         return None
     parents: dict[int, int] = {}

@@ -12,11 +12,14 @@ from typing import Any
 from bench.plan import (
     BATCH_IMAGES,
     BATCH_NAME,
+    H2LOAD_HTTP_NAME,
+    H2LOAD_V2_NAME,
     OPEN_LOOP_PREFIX,
     REFERENCE_UNARY,
     STREAM_NAME,
     V2_NAME,
 )
+from bench.scenarios import H2LOAD
 
 # Issue 7's targets.
 UNARY_VS_ECHO_TARGET = 0.8
@@ -26,12 +29,21 @@ STREAM_VS_UNARY_TARGET = 3.0
 BATCH_VS_ORT_TARGET = 0.7
 V2_VS_CLASSIFY_TARGET = 0.9  # "within 10%"
 INT8_VS_FP32_TARGET = 2.0
+# Issue 13's targets, on the h2load rows of one run.
+V2_CPU_VS_ECHO_TARGET = 1.3
+H2LOAD_P99_TARGET_MS = 25.0
+HTTP_CPU_VS_ASGI_ECHO_TARGET = 3.0
+HTTP_CPU_VS_GRPC_TARGET = 0.5
+WORKERS_SCALE_TARGET = 1.7  # req/s, --workers N against --workers 1
+DEFAULTS_VS_ONE_WORKER_TARGET = 1.7  # req/s, the defaults against --workers 1
+CPU_KEY = "server_cpu_us_per_request"
+RATE_KEY = "requests_per_s"
 INT8_CONFIG = "ONNX Runtime in process"
 INT8_ROW = "INT8 vs FP32"
 ORT_REFERENCE_BATCH = str(BATCH_IMAGES)
 AT_LEAST = ">="
 AT_MOST = "<="
-WORKERS_FLAG = re.compile(r"--workers[= ](\d+)")
+WORKERS_FLAG = re.compile(r"--workers[= ](\S+)")
 
 DOCS_BEGIN = "<!-- bench:begin (written by `make bench`; edit outside these markers) -->"
 DOCS_END = "<!-- bench:end -->"
@@ -72,8 +84,9 @@ def _by_name(scenarios: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, A
 
 
 def _rate(scenarios: Mapping[str, Mapping[str, Any]], name: str, key: str) -> float | None:
+    """A figure of a scenario that got answers (None when it is missing or unmeasured)."""
     scenario = scenarios.get(name)
-    if scenario is None or not scenario["requests_ok"]:
+    if scenario is None or not scenario["requests_ok"] or scenario.get(key) is None:
         return None
     return float(scenario[key])
 
@@ -84,10 +97,15 @@ def _divide(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def workers_flag(server_args: Sequence[str]) -> int | None:
+    """The number a configuration's --workers flag sets (None: no flag, or not a number)."""
+    match = WORKERS_FLAG.search(" ".join(server_args))
+    return int(match.group(1)) if match and match.group(1).isdigit() else None
+
+
 def workers_in(server_args: Sequence[str]) -> int:
     """The --workers value a server configuration sets (1 when absent)."""
-    match = WORKERS_FLAG.search(" ".join(server_args))
-    return int(match.group(1)) if match else 1
+    return workers_flag(server_args) or 1
 
 
 def compute_ratios(document: Mapping[str, Any]) -> list[Ratio]:
@@ -151,7 +169,83 @@ def compute_ratios(document: Mapping[str, Any]) -> list[Ratio]:
                 V2_VS_CLASSIFY_TARGET,
                 AT_LEAST,
             ),
+            *_h2load_ratios(label, scenarios, echo, _by_name(document["http_echo"])),
         ]
+    return ratios + _scaling_ratios(document["servers"])
+
+
+def _p99(scenarios: Mapping[str, Mapping[str, Any]], name: str) -> float | None:
+    scenario = scenarios.get(name)
+    if scenario is None or not scenario["requests_ok"] or not scenario["latency_ms"]:
+        return None
+    return float(scenario["latency_ms"]["p99_ms"])
+
+
+def _h2load_ratios(
+    label: str,
+    scenarios: Mapping[str, Mapping[str, Any]],
+    echo: Mapping[str, Mapping[str, Any]],
+    http_echo: Mapping[str, Mapping[str, Any]],
+) -> list[Ratio]:
+    """Issue 13's per-request CPU targets: against the floors and between the protocols."""
+    v2_cpu = _rate(scenarios, H2LOAD_V2_NAME, CPU_KEY)
+    http_cpu = _rate(scenarios, H2LOAD_HTTP_NAME, CPU_KEY)
+    return [
+        Ratio(
+            f"CPU/req / echo floor's ({H2LOAD_V2_NAME})",
+            label,
+            H2LOAD_V2_NAME,
+            _divide(v2_cpu, _rate(echo, H2LOAD_V2_NAME, CPU_KEY)),
+            V2_CPU_VS_ECHO_TARGET,
+            AT_MOST,
+        ),
+        Ratio(
+            f"{H2LOAD_V2_NAME} p99 ms",
+            label,
+            H2LOAD_V2_NAME,
+            _p99(scenarios, H2LOAD_V2_NAME),
+            H2LOAD_P99_TARGET_MS,
+            AT_MOST,
+        ),
+        Ratio(
+            "HTTP binary CPU/req / ASGI echo's",
+            label,
+            H2LOAD_HTTP_NAME,
+            _divide(http_cpu, _rate(http_echo, H2LOAD_HTTP_NAME, CPU_KEY)),
+            HTTP_CPU_VS_ASGI_ECHO_TARGET,
+            AT_MOST,
+        ),
+        Ratio(
+            "HTTP binary CPU/req / gRPC V2's",
+            label,
+            H2LOAD_HTTP_NAME,
+            _divide(http_cpu, v2_cpu),
+            HTTP_CPU_VS_GRPC_TARGET,
+            AT_MOST,
+        ),
+    ]
+
+
+def _scaling_ratios(servers: Sequence[Mapping[str, Any]]) -> list[Ratio]:
+    """h2load V2 req/s of the defaults and of --workers N against --workers 1, when a
+    configuration of the run sets --workers 1."""
+    one = next((s for s in servers if workers_flag(s["server_args"]) == 1), None)
+    if one is None:
+        return []
+    base = _rate(_by_name(one["scenarios"]), H2LOAD_V2_NAME, RATE_KEY)
+    ratios = []
+    for server in servers:
+        workers = workers_flag(server["server_args"])
+        rate = _rate(_by_name(server["scenarios"]), H2LOAD_V2_NAME, RATE_KEY)
+        if not server["server_args"]:
+            name, target = "defaults req/s / --workers 1's", DEFAULTS_VS_ONE_WORKER_TARGET
+        elif workers is not None and workers > 1:
+            name, target = f"--workers {workers} req/s / --workers 1's", WORKERS_SCALE_TARGET
+        else:
+            continue
+        ratios.append(
+            Ratio(name, server["label"], H2LOAD_V2_NAME, _divide(rate, base), target, AT_LEAST)
+        )
     return ratios
 
 
@@ -187,6 +281,10 @@ def _number(value: float | None, digits: int = 0) -> str:
 
 def _load(scenario: Mapping[str, Any]) -> str:
     spec = scenario["scenario"]
+    if spec.get("load_generator") == H2LOAD:
+        if spec["http1"]:
+            return f"h2load --h1, {spec['connections']} conns"
+        return f"h2load, {spec['connections']} conns x {spec['streams']} streams"
     if spec["mode"] == "open":
         return f"{spec['rate']:,.0f}/s {spec['arrival']}"
     if spec["kind"] == "classify_stream":
@@ -254,13 +352,22 @@ def render_table(document: Mapping[str, Any], ratios: Sequence[Ratio]) -> str:
         ]
     for scenario in document["echo"]:
         rows.append(_scenario_row("echo server", scenario, ratios))
+    for scenario in document["http_echo"]:
+        rows.append(_scenario_row("ASGI echo", scenario, ratios))
     for server in document["servers"]:
         for scenario in server["scenarios"]:
             rows.append(_scenario_row(server["label"], scenario, ratios))
     return "\n".join(rows)
 
 
-def render_docs_section(document: Mapping[str, Any], table: str, plot_name: str | None) -> str:
+def render_ratio_lines(ratios: Sequence[Ratio]) -> list[str]:
+    """One line per target: `config: name = value (target, met)`."""
+    return [f"{ratio.config}: {ratio.describe()}" for ratio in ratios]
+
+
+def render_docs_section(
+    document: Mapping[str, Any], table: str, plot_name: str | None, ratios: Sequence[Ratio] = ()
+) -> str:
     machine = document["machine"]
     settings = document["settings"]
     lines = [
@@ -269,8 +376,9 @@ def render_docs_section(document: Mapping[str, Any], table: str, plot_name: str 
         f"grpcio {machine['grpcio']}, onnxruntime {machine['onnxruntime']}).",
         "",
         f"Command: `{document['command']}`. Each scenario: {settings['warmup_s']:g} s warm-up, "
-        f"then {settings['duration_s']:g} s measured; load from "
-        "separate client processes over loopback, on the same cores as the server.",
+        f"then {settings['duration_s']:g} s measured; load over loopback, on the same cores "
+        "as the server: rows named *h2load* from h2load (a C client, a few µs per call), "
+        "the others from Python client processes (bench/loadgen.py).",
         "",
         "Server configurations: "
         + "; ".join(
@@ -281,11 +389,25 @@ def render_docs_section(document: Mapping[str, Any], table: str, plot_name: str 
         "",
         table,
         "",
+        "Targets:",
+        "",
+        *(f"- {line}" for line in render_ratio_lines(ratios)),
+        "",
         "Ceilings: *ONNX Runtime in process* is the model alone (best 0.25 s slice per batch "
-        "size); *echo server* is a bare grpc.aio server answering the same RPCs with the "
-        "request bytes. Open-loop rows send at a fixed rate (Poisson) and time each request "
+        "size); *echo server* is a bare grpc.aio server on uvloop answering the same RPCs "
+        "(Classify, ClassifyStream and V2 ModelInfer) with the request bytes, the gRPC floor; "
+        "*ASGI echo* is a bare ASGI app echoing the body on the server's HTTP stack, the HTTP "
+        "floor. Open-loop rows send at a fixed rate (Poisson) and time each request "
         "from its scheduled send time. *Server CPU* is the server's process tree CPU time "
-        "over the window divided by requests completed in it.",
+        "(utime + stime of the parent and its workers) over the window divided by requests "
+        "completed in it.",
+        "",
+        "*h2load* rows: a warm-up run, then a fixed number of calls (about the measured "
+        "duration at the warm-up's rate) that all complete; latency percentiles from h2load's "
+        "per-request log. h2load counts HTTP statuses only (a gRPC status travels in "
+        "trailers), so errors = calls sent - OK replies counted by the service itself "
+        '(the server\'s `mnist_serving_requests_total{code="OK"}` for the method, the '
+        "echo servers' reply counts); a row with errors fails the run.",
     ]
     if plot_name:
         lines += ["", f"![latency against throughput]({plot_name})"]

@@ -12,7 +12,8 @@ from typing import Any
 from bench.scenarios import Scenario
 from bench.stats import MS_PER_S, LatencySummary, summarize_latencies
 
-RESULTS_SCHEMA_VERSION = 1
+# 2: h2load rows (with an "h2load" report) and the ASGI echo's rows ("http_echo").
+RESULTS_SCHEMA_VERSION = 2
 OK_CODE = "OK"
 US_PER_S = 1e6
 
@@ -149,6 +150,7 @@ _DOCUMENT_KEYS: dict[str, tuple[type, ...]] = {
     "settings": (dict,),
     "ort_ceiling": (dict, type(None)),
     "echo": (list,),
+    "http_echo": (list,),
     "servers": (list,),
     "ratios": (list,),
 }
@@ -223,6 +225,7 @@ def validate_results_document(document: Any) -> list[str]:
     if document["schema_version"] != RESULTS_SCHEMA_VERSION:
         problems.append(f"document.schema_version: expected {RESULTS_SCHEMA_VERSION}")
     _check_scenarios("echo", document["echo"], problems)
+    _check_scenarios("http_echo", document["http_echo"], problems)
     for index, server in enumerate(document["servers"]):
         _check_keys(f"servers[{index}]", server, _SERVER_KEYS, problems)
         if isinstance(server, dict) and isinstance(server.get("scenarios"), list):

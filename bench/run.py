@@ -1,14 +1,18 @@
 """`make bench`: measure the ceilings and the server in one run, print one table, write docs.
 
-Order: the in-process ONNX Runtime ceiling, then the bare grpc.aio echo server, then
-each server configuration (`--server-args`, repeatable: several configurations are
-compared in one run). Each service runs as its own process; the load comes from
-separate client processes (bench.loadgen). Results go to bench/results/ (JSON) and
+Order: the in-process ONNX Runtime ceiling, then the bare grpc.aio echo server (the gRPC
+floor) and the bare ASGI echo (the HTTP floor), then each server configuration
+(`--server-args`, repeatable: several configurations are compared in one run, e.g.
+`--workers 1` against `--workers 2`). Each service runs as its own process. The
+single-image unary rows (gRPC V2, Classify, HTTP binary V2) are driven by h2load, a C
+client (bench/h2load.py); streams, multi-image and open-loop rows by separate Python
+client processes (bench.loadgen). Results go to bench/results/ (JSON) and
 docs/benchmarks.md (+ the latency-throughput plot).
 
 Exit status: 0 when every scenario ran and got answers (missed targets are reported,
-not failures); 1 when a service failed to start, a scenario could not run, or a
-scenario got no successful reply; 2 on bad arguments.
+not failures); 1 when a service failed to start, a scenario could not run, a scenario
+got no successful reply, or an h2load row's calls were not all answered OK by the
+service's own counters; 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench import plan
+from bench import h2load, plan
+from bench.h2load import CountReader, H2loadError
 from bench.loadgen import LoadGenError, run_scenario
 from bench.ort_ceiling import DEFAULT_BATCH_SIZES, DEFAULT_SECONDS_PER_BATCH_SIZE, available_cores
 from bench.plan import BenchSettings
@@ -37,11 +42,12 @@ from bench.report import (
     compute_ratios,
     plot_latency_throughput,
     render_docs_section,
+    render_ratio_lines,
     render_table,
     write_docs,
 )
 from bench.results import RESULTS_SCHEMA_VERSION, validate_results_document
-from bench.scenarios import Scenario
+from bench.scenarios import Api, H2loadScenario, Scenario
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -50,7 +56,6 @@ PLOT_NAME = "benchmarks_latency_throughput.png"
 QUICK_ORT_SECONDS = 1.0
 # ORT runs 4 batch sizes; allow for a slow, shared machine on top of that.
 ORT_TIMEOUT_MARGIN_S = 120.0
-METRICS_TIMEOUT_S = 5.0
 BATCH_SIZE_METRIC = "mnist_serving_batch_size"
 SERVER_MODULE = "mnist_serving_server"
 # Shutdown speed only: the bench doesn't need the load-balancer drain delay.
@@ -105,7 +110,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "compare configurations in one run (an empty string = the defaults)",
     )
     parser.add_argument("--skip-ort", action="store_true", help="skip the ONNX Runtime ceiling")
-    parser.add_argument("--skip-echo", action="store_true", help="skip the echo ceiling")
+    parser.add_argument(
+        "--skip-echo", action="store_true", help="skip the echo floors (gRPC and ASGI)"
+    )
     parser.add_argument("--no-docs", action="store_true", help="don't rewrite docs/benchmarks.md")
     parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS)
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
@@ -211,30 +218,34 @@ def run_ort_ceiling(model: Path, seconds: float, out: Path) -> dict[str, Any]:
     return result
 
 
-def scrape_batch_totals(metrics_port: int | None) -> tuple[float, float] | None:
-    """(images, batches) so far from the server's batch-size histogram, if reachable."""
-    if not metrics_port:
-        return None
+def batch_totals(metrics_text: str) -> tuple[float, float] | None:
+    """(images, batches) so far from the server's batch-size histogram, summed over its
+    models and versions (a repository serves several; the bench loads one of them)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
     total = count = None
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(metrics_text):
         if family.name != BATCH_SIZE_METRIC:
             continue
         for sample in family.samples:
             if sample.name == f"{BATCH_SIZE_METRIC}_sum":
-                total = sample.value
+                total = (total or 0.0) + sample.value
             elif sample.name == f"{BATCH_SIZE_METRIC}_count":
-                count = sample.value
+                count = (count or 0.0) + sample.value
     if total is None or count is None:
         return None
     return total, count
+
+
+def scrape_batch_totals(metrics_port: int | None) -> tuple[float, float] | None:
+    """batch_totals() of the server's /metrics, if reachable."""
+    if not metrics_port:
+        return None
+    try:
+        text = h2load.scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    except OSError:
+        return None
+    return batch_totals(text)
 
 
 class Runner:
@@ -253,16 +264,22 @@ class Runner:
     ) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         for scenario in scenarios:
-            if service.process is not None and service.process.poll() is not None:
-                self.failures.append(
-                    f"{label}: service exited ({service.process.returncode}) "
-                    f"before {scenario.name}; log: {service.log_path}"
-                )
+            if self.exited(label, service, scenario.name):
                 break
             result = self.run_one(label, service, scenario, metrics_port)
             if result is not None:
                 results.append(result)
         return results
+
+    def exited(self, label: str, service: ServiceProcess, before: str) -> bool:
+        """Whether the service has exited (a failure, recorded) before scenario `before`."""
+        if service.process is None or service.process.poll() is None:
+            return False
+        self.failures.append(
+            f"{label}: service exited ({service.process.returncode}) "
+            f"before {before}; log: {service.log_path}"
+        )
+        return True
 
     def run_one(
         self, label: str, service: ServiceProcess, scenario: Scenario, metrics_port: int | None
@@ -287,6 +304,56 @@ class Runner:
             f"{result.images_per_s:,.0f} img/s, p99 {p99} ms, errors {result.errors or 0}"
         )
         return result.to_dict()
+
+    def run_h2load(
+        self,
+        label: str,
+        service: ServiceProcess,
+        scenarios: Sequence[H2loadScenario],
+        counter_for: Callable[[Api], CountReader],
+        metrics_port: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """h2load's rows against one service; a row whose calls were not all answered OK
+        (by the service's own counters) is kept in the results and fails the run."""
+        if shutil.which(h2load.H2LOAD) is None:
+            self.failures.append(f"{label}: {h2load.INSTALL_HINT}")
+            log(f"{label}: h2load rows SKIPPED: {h2load.INSTALL_HINT}")
+            return []
+        results: list[dict[str, Any]] = []
+        for scenario in scenarios:
+            if self.exited(label, service, scenario.name):
+                break
+            port = service.ready.get("grpc_port" if scenario.api.is_grpc else "http_port")
+            try:
+                if not port:
+                    raise H2loadError(f"the service serves no {scenario.api} port: {service.ready}")
+                row = h2load.measure(
+                    scenario,
+                    int(port),
+                    counter=counter_for(scenario.api),
+                    cpu_seconds=service.cpu_seconds,
+                    extra=lambda: batch_sample(metrics_port),
+                )
+            except (H2loadError, OSError, grpc.RpcError) as error:
+                self.failures.append(f"{label} / {scenario.name}: {error}")
+                log(f"{label} / {scenario.name}: FAILED: {error}")
+                continue
+            deltas = row["window_deltas"]
+            if deltas.get("batches", 0) > 0:
+                row["mean_batch_size"] = deltas["images"] / deltas["batches"]
+            problem = h2load.row_problem(row)
+            if problem is not None:
+                self.failures.append(f"{label} / {scenario.name}: {problem}")
+            failed = f": FAILED: {problem}" if problem else ""
+            log(f"{label} / {scenario.name}: {h2load.describe_row(row)}{failed}")
+            results.append(row)
+        return results
+
+
+def batch_sample(metrics_port: int | None) -> Mapping[str, float] | None:
+    """The server's batch totals so far, as {"images", "batches"} (None when unreachable)."""
+    totals = scrape_batch_totals(metrics_port)
+    return None if totals is None else {"images": totals[0], "batches": totals[1]}
 
 
 def v2_stubs_available() -> bool:
@@ -330,6 +397,16 @@ def run_server_config(
             results = runner.run(
                 label, service, plan.server_scenarios(settings, with_v2=with_v2), metrics_port
             )
+            if metrics_port:
+                results += runner.run_h2load(
+                    label,
+                    service,
+                    plan.h2load_server_scenarios(settings, with_v2=with_v2),
+                    lambda api: h2load.server_counter(int(metrics_port), api),
+                    metrics_port,
+                )
+            else:
+                runner.failures.append(f"server [{label}]: no /metrics port, no h2load rows")
             peak = next(
                 (r["requests_per_s"] for r in results if r["name"] == plan.REFERENCE_UNARY), 0.0
             )
@@ -372,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {**settings.__dict__, "model": str(model)},
         "ort_ceiling": None,
         "echo": [],
+        "http_echo": [],
         "servers": [],
         "ratios": [],
     }
@@ -395,8 +473,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with echo:
                 document["echo"] = runner.run("echo", echo, plan.echo_scenarios(settings))
+                document["echo"] += runner.run_h2load(
+                    "echo",
+                    echo,
+                    plan.h2load_echo_scenarios(settings),
+                    lambda api: h2load.grpc_echo_counter(echo.target),
+                )
         except ServiceStartError as error:
             failures.append(f"echo server: {error}")
+        http_echo = ServiceProcess(
+            python_module_command("bench.asgi_echo"), log_path=logs_dir / "asgi-echo.log"
+        )
+        try:
+            with http_echo:
+                document["http_echo"] = runner.run_h2load(
+                    "ASGI echo",
+                    http_echo,
+                    plan.h2load_http_echo_scenarios(settings),
+                    lambda api: h2load.http_echo_counter(int(http_echo.ready["http_port"])),
+                )
+        except ServiceStartError as error:
+            failures.append(f"ASGI echo: {error}")
     for index, (label, server_argv) in enumerate(configs):
         document["servers"].append(
             {
@@ -420,12 +517,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = render_table(document, ratios)
     print(table)
     print()
-    for ratio in ratios:
-        print(f"{ratio.config}: {ratio.describe()}")
+    for line in render_ratio_lines(ratios):
+        print(line)
     if not args.no_docs:
         plot_path = args.docs.parent / PLOT_NAME
         plotted = plot_latency_throughput(document, plot_path)
-        write_docs(args.docs, render_docs_section(document, table, PLOT_NAME if plotted else None))
+        write_docs(
+            args.docs,
+            render_docs_section(document, table, PLOT_NAME if plotted else None, ratios),
+        )
         log(f"wrote {args.docs}" + (f" and {plot_path}" if plotted else ""))
     log(f"results: {out}; logs: {logs_dir}")
     for note in notes:

@@ -1,7 +1,7 @@
 """What one benchmark scenario is: the RPC, the load shape and its bounds.
 
 A Scenario is a frozen, picklable value: the load generator ships it to its client
-processes unchanged.
+processes unchanged. An H2loadScenario is a unary load that h2load (a C client) drives.
 """
 
 from __future__ import annotations
@@ -114,4 +114,75 @@ class Scenario:
         return {
             key: str(value) if isinstance(value, StrEnum) else value
             for key, value in asdict(self).items()
+        }
+
+
+class Api(StrEnum):
+    """The single-call API an h2load scenario drives."""
+
+    GRPC_V2 = "grpc_v2"  # inference.GRPCInferenceService/ModelInfer, raw UINT8 contents
+    GRPC_CLASSIFY = "grpc_classify"  # mnist_serving.v1.Classifier/Classify
+    HTTP_BINARY_V2 = "http_binary_v2"  # POST /v2/models/<m>/infer, Triton's binary tensors
+    HTTP_JSON_V2 = "http_json_v2"  # POST /v2/models/<m>/infer, a JSON `data` list
+
+    @property
+    def is_grpc(self) -> bool:
+        return self in (Api.GRPC_V2, Api.GRPC_CLASSIFY)
+
+
+H2LOAD = "h2load"
+
+
+@dataclass(frozen=True)
+class H2loadScenario:
+    """One closed-loop unary load from h2load: `connections` x `streams` calls in flight.
+
+    gRPC runs over HTTP/2 (`streams` concurrent calls per connection, as a gRPC client
+    multiplexes); HTTP runs over HTTP/1.1 (`--h1`, one call at a time per connection).
+    """
+
+    name: str
+    api: Api
+    connections: int
+    streams: int = 1
+    duration_s: float = DEFAULT_DURATION_S
+    warmup_s: float = DEFAULT_WARMUP_S
+    images_per_request: int = 1
+    model_name: str = DEFAULT_MODEL_NAME
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.connections >= 1, "connections must be >= 1"),
+            (self.streams >= 1, "streams must be >= 1"),
+            (self.api.is_grpc or self.streams == 1, "HTTP/1.1 carries one call at a time"),
+            (self.images_per_request >= 1, "images_per_request must be >= 1"),
+            (self.duration_s > 0, "duration_s must be > 0"),
+            (self.warmup_s >= 0, "warmup_s must be >= 0"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"scenario {self.name!r}: {message}")
+
+    @property
+    def in_flight(self) -> int:
+        return self.connections * self.streams
+
+    def load_args(self) -> list[str]:
+        """h2load's options for the load's shape."""
+        http1 = [] if self.api.is_grpc else ["--h1"]
+        return [*http1, "-c", str(self.connections), "-m", str(self.streams)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "load_generator": H2LOAD,
+            "kind": str(self.api),
+            "mode": str(Mode.CLOSED),
+            "concurrency": self.in_flight,
+            "connections": self.connections,
+            "streams": self.streams,
+            "http1": not self.api.is_grpc,
+            "images_per_request": self.images_per_request,
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "model_name": self.model_name,
         }

@@ -1,19 +1,30 @@
-"""Issue 7's ratios, the one table and the generated docs section."""
+"""Issues 7's and 13's ratios, the one table and the generated docs section."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.plan import BATCH_NAME, REFERENCE_UNARY, STREAM_NAME, V2_NAME
+from bench.plan import (
+    BATCH_NAME,
+    H2LOAD_HTTP_NAME,
+    H2LOAD_V2_NAME,
+    REFERENCE_UNARY,
+    STREAM_NAME,
+    V2_NAME,
+)
 from bench.report import (
     DOCS_BEGIN,
     DOCS_END,
     compute_ratios,
     plot_latency_throughput,
     render_docs_section,
+    render_ratio_lines,
     render_table,
+    workers_flag,
     workers_in,
     write_docs,
 )
@@ -30,12 +41,19 @@ def test_ratios_against_the_ceilings() -> None:
         # 100 requests/s x 64 images against ORT's 64,000 images/s at batch 64.
         f"{BATCH_NAME} images/s / ORT batch 64": pytest.approx(0.1),
         "V2 / Classify at c=64": pytest.approx(0.95),
+        # h2load rows: 700 µs against the echo's 350 µs; HTTP 260 µs against 65 and 700.
+        f"CPU/req / echo floor's ({H2LOAD_V2_NAME})": pytest.approx(2.0),
+        f"{H2LOAD_V2_NAME} p99 ms": pytest.approx(30.0),
+        "HTTP binary CPU/req / ASGI echo's": pytest.approx(4.0),
+        "HTTP binary CPU/req / gRPC V2's": pytest.approx(260 / 700),
     }
 
 
 def test_each_target_sits_on_its_scenario_row() -> None:
     rows = {ratio.name: ratio.scenario for ratio in compute_ratios(make_document())}
-    assert sorted(set(rows.values())) == sorted({REFERENCE_UNARY, STREAM_NAME, BATCH_NAME, V2_NAME})
+    assert sorted(set(rows.values())) == sorted(
+        {REFERENCE_UNARY, STREAM_NAME, BATCH_NAME, V2_NAME, H2LOAD_V2_NAME, H2LOAD_HTTP_NAME}
+    )
 
 
 def test_targets_met_and_missed() -> None:
@@ -46,7 +64,53 @@ def test_targets_met_and_missed() -> None:
         f"stream / {REFERENCE_UNARY}": True,  # 4 >= 3
         f"{BATCH_NAME} images/s / ORT batch 64": False,  # 0.1 < 0.7
         "V2 / Classify at c=64": True,  # 0.95 >= 0.9
+        f"CPU/req / echo floor's ({H2LOAD_V2_NAME})": False,  # 2.0 > 1.3
+        f"{H2LOAD_V2_NAME} p99 ms": False,  # 30 ms > 25 ms
+        "HTTP binary CPU/req / ASGI echo's": False,  # 4 > 3
+        "HTTP binary CPU/req / gRPC V2's": True,  # 0.37 <= 0.5
     }
+
+
+def test_h2load_ratios_need_the_floors() -> None:
+    document = make_document()
+    document["http_echo"] = []
+    document["echo"][1]["server_cpu_us_per_request"] = None
+    values = {ratio.name: ratio.value for ratio in compute_ratios(document)}
+    assert values[f"CPU/req / echo floor's ({H2LOAD_V2_NAME})"] is None
+    assert values["HTTP binary CPU/req / ASGI echo's"] is None
+    assert values["HTTP binary CPU/req / gRPC V2's"] == pytest.approx(260 / 700)
+
+
+def _config(label: str, args: list[str], rate: float) -> dict[str, Any]:
+    server = copy.deepcopy(make_document(h2load_v2_rate=rate)["servers"][0])
+    return {**server, "label": label, "server_args": args}
+
+
+def test_workers_scale_and_defaults_against_one_worker() -> None:
+    document = make_document()
+    document["servers"] = [
+        _config("default", [], 3000.0),
+        _config("--workers 1", ["--workers", "1"], 1800.0),
+        _config("--workers 2", ["--workers", "2"], 3240.0),
+        _config("--workers auto", ["--workers", "auto"], 3300.0),
+    ]
+    scaling = {(r.config, r.name): r for r in compute_ratios(document) if "1's" in r.name}
+    assert sorted(scaling) == [
+        ("--workers 2", "--workers 2 req/s / --workers 1's"),
+        ("default", "defaults req/s / --workers 1's"),
+    ]
+    defaults = scaling[("default", "defaults req/s / --workers 1's")]
+    assert defaults.value == pytest.approx(3000 / 1800)
+    assert defaults.met is False
+    two = scaling[("--workers 2", "--workers 2 req/s / --workers 1's")]
+    assert two.value == pytest.approx(1.8)
+    assert two.met is True
+    lines = render_ratio_lines(compute_ratios(document))
+    assert "--workers 2: --workers 2 req/s / --workers 1's = 1.80 (target >= 1.7, met)" in lines
+
+
+def test_no_scaling_ratio_without_a_one_worker_configuration() -> None:
+    assert not [r for r in compute_ratios(make_document()) if "--workers 1's" in r.name]
 
 
 def test_missing_scenario_gives_no_value() -> None:
@@ -68,31 +132,45 @@ def test_multi_worker_configuration_has_the_higher_target() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "workers"),
-    [([], 1), (["--workers", "2"], 2), (["--workers=4"], 4), (["--max-batch-size", "2"], 1)],
+    ("args", "workers", "flag"),
+    [
+        ([], 1, None),
+        (["--workers", "2"], 2, 2),
+        (["--workers=4"], 4, 4),
+        (["--max-batch-size", "2"], 1, None),
+        (["--workers", "auto"], 1, None),
+    ],
 )
-def test_workers_in(args: list[str], workers: int) -> None:
+def test_workers_in(args: list[str], workers: int, flag: int | None) -> None:
     assert workers_in(args) == workers
+    assert workers_flag(args) == flag
 
 
 def test_one_table_holds_ceilings_scenarios_and_targets() -> None:
     document = make_document()
     table = render_table(document, compute_ratios(document))
     lines = table.splitlines()
-    # Header + separator + 2 ORT rows + 1 echo row + 4 server rows.
-    assert len(lines) == 2 + 2 + 1 + 4
+    # Header + separator + 2 ORT rows + 2 echo rows + 1 ASGI echo row + 7 server rows.
+    assert len(lines) == 2 + 2 + 2 + 1 + 7
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     unary_row = next(line for line in lines if line.startswith(f"| default | {REFERENCE_UNARY}"))
     assert "MISSED" in unary_row
     assert "64 callers" in unary_row
+    h2load_row = next(line for line in lines if line.startswith(f"| default | {H2LOAD_V2_NAME}"))
+    assert "h2load, 4 conns x 16 streams" in h2load_row
+    assert "| 700 |" in h2load_row
+    assert "echo floor's" in h2load_row
+    http_row = next(line for line in lines if line.startswith(f"| ASGI echo | {H2LOAD_HTTP_NAME}"))
+    assert "h2load --h1, 64 conns" in http_row
 
 
 def test_docs_section_replaced_between_markers(tmp_path: Path) -> None:
     docs = tmp_path / "benchmarks.md"
     document = make_document()
-    section = render_docs_section(document, "TABLE-1", "plot.png")
+    section = render_docs_section(document, "TABLE-1", "plot.png", compute_ratios(document))
     write_docs(docs, section)
     first = docs.read_text()
+    assert "- default: HTTP binary CPU/req / gRPC V2's = 0.37 (target <= 0.5, met)" in first
     assert first.startswith("# Benchmarks")
     assert "TABLE-1" in first
     assert "![latency against throughput](plot.png)" in first
@@ -133,3 +211,19 @@ def test_int8_ratio_when_both_precisions_were_measured() -> None:
     table = render_table(document, compute_ratios(document))
     assert "| ceiling | ONNX Runtime in process (INT8) | batch 64 |" in table
     assert "INT8 / FP32 images/s in process = 2.40" in table
+
+
+def test_batch_totals_add_up_over_the_repositorys_models() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bench.run import batch_totals
+    from mnist_serving_server.metrics import ServerMetrics, VersionObserver
+
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    served = VersionObserver(metrics, "mnist", "1")
+    for size in (4, 6):
+        served.on_batch(size, [0.0] * size, 0.001)
+    VersionObserver(metrics, "mnist_features", "1")  # loaded, never called: zero samples
+    assert batch_totals(generate_latest(registry).decode()) == (10.0, 2.0)
+    assert batch_totals("") is None

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from bench.plan import BATCH_NAME, REFERENCE_UNARY, STREAM_NAME, V2_NAME
+from bench.plan import (
+    BATCH_NAME,
+    H2LOAD_CLASSIFY_NAME,
+    H2LOAD_HTTP_NAME,
+    H2LOAD_V2_NAME,
+    REFERENCE_UNARY,
+    STREAM_NAME,
+    V2_NAME,
+)
 from bench.results import (
     RESULTS_SCHEMA_VERSION,
     ScenarioResult,
@@ -16,7 +24,7 @@ from bench.results import (
     merge_worker_results,
     validate_results_document,
 )
-from bench.scenarios import Kind, Scenario
+from bench.scenarios import Api, H2loadScenario, Kind, Scenario
 
 WINDOW_S = 2.0
 
@@ -88,7 +96,9 @@ def test_scenario_result_round_trips_through_json() -> None:
     assert again == result
 
 
-def make_document(requests_per_s: dict[str, float] | None = None) -> dict[str, Any]:
+def make_document(
+    requests_per_s: dict[str, float] | None = None, h2load_v2_rate: float = 1800.0
+) -> dict[str, Any]:
     """A minimal valid results document (also used by the report tests)."""
     rates = {REFERENCE_UNARY: 1000.0, STREAM_NAME: 4000.0, BATCH_NAME: 100.0, V2_NAME: 950.0}
     rates.update(requests_per_s or {})
@@ -101,8 +111,25 @@ def make_document(requests_per_s: dict[str, float] | None = None) -> dict[str, A
         )
         return merge_worker_results(_scenario(name, images), "t", [worker]).to_dict()
 
-    echo = [scenario(REFERENCE_UNARY, 2000.0)]
+    def h2load_row(name: str, api: Api, rate: float, cpu_us: float) -> dict[str, Any]:
+        grpc = api.is_grpc
+        shape = H2loadScenario(
+            name=name, api=api, connections=4 if grpc else 64, streams=16 if grpc else 1
+        )
+        return {
+            **scenario(name, rate),
+            "scenario": shape.to_dict(),
+            "server_cpu_us_per_request": cpu_us,
+        }
+
+    echo = [scenario(REFERENCE_UNARY, 2000.0), h2load_row(H2LOAD_V2_NAME, Api.GRPC_V2, 3500, 350)]
+    http_echo = [h2load_row(H2LOAD_HTTP_NAME, Api.HTTP_BINARY_V2, 5000.0, 65.0)]
     server = [scenario(name, rate, 64 if name == BATCH_NAME else 1) for name, rate in rates.items()]
+    server += [
+        h2load_row(H2LOAD_V2_NAME, Api.GRPC_V2, h2load_v2_rate, 700.0),
+        h2load_row(H2LOAD_CLASSIFY_NAME, Api.GRPC_CLASSIFY, 1700.0, 750.0),
+        h2load_row(H2LOAD_HTTP_NAME, Api.HTTP_BINARY_V2, 2000.0, 260.0),
+    ]
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "created_at": "2026-01-01T00:00:00+00:00",
@@ -118,6 +145,7 @@ def make_document(requests_per_s: dict[str, float] | None = None) -> dict[str, A
         "settings": {"duration_s": 2.0, "warmup_s": 0.5},
         "ort_ceiling": {"images_per_s": {"1": 30000.0, "64": 64000.0}},
         "echo": echo,
+        "http_echo": http_echo,
         "servers": [{"label": "default", "server_args": [], "scenarios": server}],
         "ratios": [],
     }
