@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from mnist_serving_server.core.cores import available_cores
 from mnist_serving_server.core.ort_names import (
     CPU_PROVIDER,
     DISABLED_OPTIMIZERS_KEY,
@@ -36,10 +36,6 @@ PIXEL_SEED = 11
 MAX_PIXEL = 256
 # The metadata key the INT8 export sets on quantized models.
 QUANTIZATION_KEY = "quantization"
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def load_session(model: Path, intra_op_threads: int = 0) -> ort.InferenceSession:

@@ -103,9 +103,10 @@ def workers_flag(server_args: Sequence[str]) -> int | None:
     return int(match.group(1)) if match and match.group(1).isdigit() else None
 
 
-def workers_in(server_args: Sequence[str]) -> int:
-    """The --workers value a server configuration sets (1 when absent)."""
-    return workers_flag(server_args) or 1
+def workers_in(server_args: Sequence[str], cores: int = 1) -> int:
+    """The worker processes a configuration runs: its --workers number; absent or `auto`
+    (the server's default), one per core of the machine that ran it (`cores`)."""
+    return workers_flag(server_args) or cores
 
 
 def compute_ratios(document: Mapping[str, Any]) -> list[Ratio]:
@@ -121,7 +122,7 @@ def compute_ratios(document: Mapping[str, Any]) -> list[Ratio]:
         unary = _rate(scenarios, REFERENCE_UNARY, "requests_per_s")
         echo_target = (
             UNARY_VS_ECHO_MULTI_WORKER_TARGET
-            if workers_in(server["server_args"]) > 1
+            if workers_in(server["server_args"], document.get("machine", {}).get("cores", 1)) > 1
             else UNARY_VS_ECHO_TARGET
         )
         reference = scenarios.get(REFERENCE_UNARY)

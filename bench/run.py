@@ -35,7 +35,7 @@ import grpc
 from bench import h2load, plan
 from bench.h2load import CountReader, H2loadError
 from bench.loadgen import LoadGenError, run_scenario
-from bench.ort_ceiling import DEFAULT_BATCH_SIZES, DEFAULT_SECONDS_PER_BATCH_SIZE, available_cores
+from bench.ort_ceiling import DEFAULT_BATCH_SIZES, DEFAULT_SECONDS_PER_BATCH_SIZE
 from bench.plan import BenchSettings
 from bench.processes import ServiceProcess, ServiceStartError, python_module_command
 from bench.report import (
@@ -48,6 +48,7 @@ from bench.report import (
 )
 from bench.results import RESULTS_SCHEMA_VERSION, validate_results_document
 from bench.scenarios import Api, H2loadScenario, Scenario
+from mnist_serving_server.core.cores import available_cores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"

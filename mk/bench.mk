@@ -9,7 +9,9 @@
 # package only), and `make test` installs it with the other Debian packages (the bench's
 # end-to-end test runs it).
 
-BENCH_ARGS ?=
+# By default two configurations side by side: the server's defaults (--workers auto) and
+# one process, so "the defaults against one worker" is one run's ratio.
+BENCH_ARGS ?= --server-args= --server-args="--workers 1"
 BENCH_DEBIAN_PACKAGES := nghttp2-client
 DEBIAN_PACKAGES += $(BENCH_DEBIAN_PACKAGES)
 

@@ -134,15 +134,15 @@ def test_multi_worker_configuration_has_the_higher_target() -> None:
 @pytest.mark.parametrize(
     ("args", "workers", "flag"),
     [
-        ([], 1, None),
+        ([], 3, None),
         (["--workers", "2"], 2, 2),
         (["--workers=4"], 4, 4),
-        (["--max-batch-size", "2"], 1, None),
-        (["--workers", "auto"], 1, None),
+        (["--max-batch-size", "2"], 3, None),
+        (["--workers", "auto"], 3, None),
     ],
 )
 def test_workers_in(args: list[str], workers: int, flag: int | None) -> None:
-    assert workers_in(args) == workers
+    assert workers_in(args, cores=3) == workers
     assert workers_flag(args) == flag
 
 
