@@ -1,12 +1,14 @@
 """A bare grpc.aio server that answers each request with its own bytes: the RPC ceiling.
 
-It serves the Classify and ClassifyStream method paths with raw-bytes handlers (no
-protobuf, no model, no batching), so the load generator drives it exactly as it drives
-the real server; what the real server reaches relative to this is what our per-request
-path costs. One process, one event loop, the same server options as the real server.
+It serves the Classify and ClassifyStream method paths, and the V2
+`inference.GRPCInferenceService/ModelInfer` path, with raw-bytes handlers (no protobuf,
+no model, no batching), so the load generator drives it exactly as it drives the real
+server; what the real server reaches relative to this is what our per-request path costs.
+One process, one event loop, the same server options as the real server.
 
 `python -m bench.echo_server --port 0 --ready-file F` writes {"grpc_port", "pid"} to F
-once it listens, and exits 0 on SIGTERM or SIGINT.
+once it listens, and exits 0 on SIGTERM or SIGINT. `--loop uvloop` runs it on uvloop (the
+server's own loop), the floor for per-request CPU comparisons (bench/h2load_compare.py).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from pathlib import Path
 
 import grpc
 
-from mnist_serving_proto import classifier_pb2
+from mnist_serving_proto import classifier_pb2, open_inference_pb2
 
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 UNARY_METHOD = "Classify"
 STREAM_METHOD = "ClassifyStream"
+V2_SERVICE = open_inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+V2_UNARY_METHOD = "ModelInfer"
+LOOPS = ("asyncio", "uvloop")
 MESSAGE_LIMIT_BYTES = 16 * 1024 * 1024
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
@@ -59,6 +64,13 @@ def echo_handler() -> grpc.GenericRpcHandler:
     )
 
 
+def v2_echo_handler() -> grpc.GenericRpcHandler:
+    """A raw-bytes handler for the V2 ModelInfer path (it answers with the request's bytes)."""
+    return grpc.method_handlers_generic_handler(
+        V2_SERVICE, {V2_UNARY_METHOD: grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+
+
 def write_ready_file(path: Path, grpc_port: int) -> None:
     """Write {"grpc_port", "pid"} atomically (tmp + rename): readers never see half a file."""
     temporary = path.with_name(path.name + ".tmp")
@@ -68,7 +80,7 @@ def write_ready_file(path: Path, grpc_port: int) -> None:
 
 async def serve(host: str, port: int, ready_file: Path | None) -> int:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((echo_handler(),))
+    server.add_generic_rpc_handlers((echo_handler(), v2_echo_handler()))
     bound_port = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -88,8 +100,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--ready-file", type=Path, help="write {grpc_port, pid} here when up")
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="asyncio", help="the event loop (default: asyncio)"
+    )
     args = parser.parse_args(argv)
-    return asyncio.run(serve(args.host, args.port, args.ready_file))
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(serve(args.host, args.port, args.ready_file))
 
 
 if __name__ == "__main__":
