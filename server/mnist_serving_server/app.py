@@ -132,6 +132,7 @@ class ServingApp:
                 default_model=config.default_model,
                 retire_timeout_s=config.grace_period_s,
                 load_timeout_s=config.model_load_timeout_s,
+                batch_latency_target_s=config.batch_latency_target_s,
             ),
             observer_for=self.metrics.version_observer,
             on_state=self._on_model_state,

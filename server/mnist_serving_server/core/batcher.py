@@ -7,6 +7,13 @@ thread is free, the loop takes everything queued, up to `max_batch_size` images
 deadline passed or whose caller went away, concatenates the rest once, runs the model in
 a dedicated thread and slices each caller's rows back out.
 
+With a latency target (`latency_target_s` > 0) the queue delay is not fixed but adaptive
+(`_adapt_delay`): it grows, step by step up to a quarter of the target, while concurrent
+callers fill the batches and requests spend less than the target in the batcher; it
+halves when they spend more, or when a wait brought no new image (light load). Bigger
+batches mean fewer hand-offs to the worker thread and fewer ONNX Runtime calls per
+request (docs/performance.md, issue #13: less CPU per request, not a lower p99).
+
 Cost per request matters more than anything here (the model costs ~12 µs per image), so
 `submit` does no more than a few attribute reads, one append and one future; the loop
 wakes once per batch, not once per request.
@@ -41,6 +48,10 @@ DEFAULT_MAX_QUEUE_SIZE = 4096
 # hangs longer than this is abandoned (its callers get NotReadyError).
 STOP_IN_FLIGHT_TIMEOUT_S = 10.0
 WORKER_THREAD_NAME = "mnist-batch-worker"
+
+# Adaptive queue delay: steps of target / DELAY_STEPS, at most target x DELAY_CAP_SHARE.
+DELAY_STEPS = 50
+DELAY_CAP_SHARE = 0.25
 
 REASON_QUEUE_FULL = "queue_full"
 REASON_DEADLINE = "deadline"
@@ -106,6 +117,7 @@ class DynamicBatcher:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_queue_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        latency_target_s: float = 0.0,
         observer: BatcherObserver | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -115,10 +127,18 @@ class DynamicBatcher:
             raise ValueError(f"max_queue_delay_s must be >= 0, got {max_queue_delay_s}")
         if max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
+        if latency_target_s < 0:
+            raise ValueError(f"latency_target_s must be >= 0, got {latency_target_s}")
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._max_queue_delay_s = max_queue_delay_s
         self._max_queue_size = max_queue_size
+        # Adaptive queue delay (latency_target_s > 0): see _adapt_delay.
+        self._latency_target_s = latency_target_s
+        self._delay_s = 0.0 if latency_target_s > 0 else max_queue_delay_s
+        self._delay_step_s = latency_target_s / DELAY_STEPS
+        self._delay_cap_s = latency_target_s * DELAY_CAP_SHARE
+        self._waited_from_images = -1  # images queued when the current wait began; -1: none
         self._observer = observer
         self._on_failure = on_failure
         self._queue: deque[_Request] = deque()
@@ -150,6 +170,11 @@ class DynamicBatcher:
     @property
     def max_batch_size(self) -> int:
         return self._max_batch_size
+
+    @property
+    def queue_delay_s(self) -> float:
+        """How long the batcher now waits for a batch to fill (adaptive when a target is set)."""
+        return self._delay_s
 
     async def start(self) -> None:
         """Start the batch loop on the running event loop (idempotent)."""
@@ -288,15 +313,21 @@ class DynamicBatcher:
                         self._notify_drained()
                     await self._wait_for_images(1, None)
                     continue
-                if self._max_queue_delay_s > 0 and self._queued_images < self._max_batch_size:
-                    # Wait for a full batch, at most max_queue_delay after the oldest arrived.
-                    until = self._queue[0].enqueued_at + self._max_queue_delay_s
+                delay = self._delay_s
+                if delay > 0 and self._queued_images < self._max_batch_size:
+                    # Wait for a full batch, at most `delay` after the oldest arrived.
+                    until = self._queue[0].enqueued_at + delay
                     if until > time.monotonic():
+                        if self._waited_from_images < 0:
+                            self._waited_from_images = self._queued_images
                         await self._wait_for_images(self._max_batch_size, until)
                         continue  # re-check: stopped, batch full, or the delay is over
+                waited_from, self._waited_from_images = self._waited_from_images, -1
                 slices, rows = self._collect_batch()
                 if slices:
                     await self._process_batch(slices, rows)
+                    if self._latency_target_s > 0:
+                        self._adapt_delay(slices, rows, waited_from)
         except asyncio.CancelledError:
             # Only stop() cancels the loop (after its grace); it fails what is pending.
             self._fail_slices(self._in_flight, NotReadyError("server is shutting down"))
@@ -305,6 +336,25 @@ class DynamicBatcher:
             self._loop_died(exc)
             if not isinstance(exc, Exception):
                 raise
+
+    def _adapt_delay(self, slices: list[_Slice], rows: int, waited_from: int) -> None:
+        """Grow the queue delay while it fills batches within the target; shrink it if not.
+
+        `worst`: how long the oldest request of the batch just answered spent in the
+        batcher (queued + computed). Over the target, or a wait that brought no image
+        (`waited_from`: images queued when the wait began; light load): halve the delay
+        (0 below one step). Otherwise, a wait that brought images, or a batch of several
+        requests (concurrent callers): one step longer, up to the cap.
+        """
+        worst = time.monotonic() - min(piece.request.enqueued_at for piece in slices)
+        delay = self._delay_s
+        if worst > self._latency_target_s or (waited_from >= 0 and rows <= waited_from):
+            delay *= 0.5
+            if delay < self._delay_step_s:
+                delay = 0.0
+        elif waited_from >= 0 or len(slices) > 1:
+            delay = min(delay + self._delay_step_s, self._delay_cap_s)
+        self._delay_s = delay
 
     def _loop_died(self, exc: BaseException) -> None:
         self._running = False

@@ -101,6 +101,8 @@ class RegistryOptions:
     """None: `mnist` when the repository has it, else its only model."""
     retire_timeout_s: float
     """How long a retired version may take to finish what it had accepted."""
+    batch_latency_target_s: float = 0.0
+    """> 0: every batcher adapts its queue delay to this latency (DynamicBatcher)."""
     load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S
     """How long one version's load may take; then it fails and the old versions keep serving.
     (The thread stuck in ONNX Runtime cannot be stopped: it ends on its own, or never, and
@@ -496,6 +498,7 @@ class ModelRegistry:
             max_batch_size=config.max_batch_size,
             max_queue_delay_s=config.max_queue_delay_s,
             max_queue_size=options.max_queue_size,
+            latency_target_s=options.batch_latency_target_s,
             observer=StatisticsObserver(statistics, forward),
             on_failure=lambda exc: self._batcher_failed(name, str(version), exc),
         )

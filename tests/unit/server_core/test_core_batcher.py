@@ -587,3 +587,78 @@ async def test_drain_after_stop_returns_true_at_once(
     model.gate.set()
     await batcher.stop()
     assert await batcher.drain(0.0)
+
+
+# --- the adaptive queue delay (latency_target_s) -----------------------------------------
+
+
+async def test_adaptive_delay_grows_while_concurrent_callers_fill_batches(
+    model: GatedModel,
+) -> None:
+    # A target far above anything this test takes: only batch contents drive the delay.
+    batcher = DynamicBatcher(model, max_batch_size=8, max_queue_size=64, latency_target_s=600.0)
+    await batcher.start()
+    assert batcher.queue_delay_s == 0.0
+    gate_task = await block_runtime(batcher, model)
+    tasks = [asyncio.create_task(batcher.submit(images(1, seed=seed))) for seed in range(4)]
+    await until_queued(batcher, 4)
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(gate_task, *tasks), EVENT_WAIT_S)
+    # The four queued requests shared a batch: concurrent callers, so the loop now waits.
+    assert model.sizes == [1, 4]
+    assert batcher.queue_delay_s > 0.0
+    await batcher.stop()
+
+
+async def test_adaptive_delay_fills_a_batch_it_waits_for() -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model, max_batch_size=4, latency_target_s=600.0)
+    await batcher.start()
+    batcher._delay_s = 600.0  # as if grown: far longer than the test may take
+    sent = [images(1, seed=seed) for seed in range(4)]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(pixels) for pixels in sent)), EVENT_WAIT_S
+    )
+    for result, pixels in zip(results, sent, strict=True):
+        assert_own_rows(result, pixels)
+    assert model.sizes == [4]  # the wait ended when the batch was full, not at the delay
+    await batcher.stop()
+
+
+async def test_adaptive_delay_shrinks_to_zero_for_a_lone_caller() -> None:
+    model = GatedModel()
+    target_s = 0.2
+    batcher = DynamicBatcher(model, max_batch_size=8, latency_target_s=target_s)
+    await batcher.start()
+    batcher._delay_s = 4 * target_s / batcher_module.DELAY_STEPS  # four steps
+    # One caller at a time: every wait brings nothing, so each halves the delay.
+    for seed in range(4):
+        sent = images(1, seed=seed)
+        assert_own_rows(await asyncio.wait_for(batcher.submit(sent), EVENT_WAIT_S), sent)
+    assert batcher.queue_delay_s == 0.0
+    assert model.sizes == [1, 1, 1, 1]
+    await batcher.stop()
+
+
+async def test_adaptive_delay_halves_when_the_target_is_missed(model: GatedModel) -> None:
+    target_s = GATE_HOLD_S / 2  # every request below spends longer than this in the batcher
+    batcher = DynamicBatcher(model, max_batch_size=8, latency_target_s=target_s)
+    await batcher.start()
+    gate_task = await block_runtime(batcher, model)
+    cap = target_s * batcher_module.DELAY_CAP_SHARE
+    batcher._delay_s = cap
+    tasks = [asyncio.create_task(batcher.submit(images(1, seed=seed))) for seed in range(2)]
+    await until_queued(batcher, 2)
+    await asyncio.sleep(GATE_HOLD_S)  # past the delay: the next batch starts without waiting
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(gate_task, *tasks), EVENT_WAIT_S)
+    # Two batches, each over the target: halved twice (without the target, the second
+    # batch, two concurrent callers, would have grown it back to the cap).
+    assert model.sizes == [1, 2]
+    assert batcher.queue_delay_s == cap / 4
+    await batcher.stop()
+
+
+def test_invalid_latency_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="latency_target_s"):
+        DynamicBatcher(echo_outputs, latency_target_s=-0.001)

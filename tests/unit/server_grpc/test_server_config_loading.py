@@ -53,6 +53,16 @@ def test_flags_override_environment_which_overrides_defaults() -> None:
     assert config.max_queue_delay_s == 0.0025
 
 
+def test_batch_latency_target_is_off_by_default_and_read_in_seconds() -> None:
+    assert load_config([], {}).batch_latency_target_s == 0.0
+    config = load_config(
+        ["--batch-latency-target-ms", "20"], {"MNIST_SERVING_BATCH_LATENCY_TARGET_MS": "5"}
+    )
+    assert config.batch_latency_target_s == 0.02
+    with pytest.raises(ConfigError, match="--batch-latency-target-ms"):
+        load_config(["--batch-latency-target-ms", "-1"], {})
+
+
 def test_os_environ_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MNIST_SERVING_WORKERS", "3")
     assert load_config([]).workers == 3
