@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.h2load_compare import METHOD_PATH, REPO_ROOT, Server, grpc_body
+from bench import h2load
+from bench.h2load_compare import REPO_ROOT, server_process
+from bench.scenarios import Api
 
 PY_SPY = "py-spy"
 # A sample whose innermost frame is one of these, or that waits on a lock or the GIL, is a
@@ -129,36 +131,25 @@ def main() -> int:
             raise SystemExit(f"{tool} not found")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     raw = args.output_dir / f"{args.label}.raw.txt"
+    request = h2load.build_request(Api.GRPC_V2)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         body = workdir / "infer.grpc"
-        grpc_body(body)
-        server = Server("profiled", args.source, args.server_args.split(), workdir)
-        try:
+        body.write_bytes(request.body)
+        extra = ["--http-port", "0", *args.server_args.split()]
+        with server_process("profiled", args.source, extra, workdir, {}) as server:
             load = subprocess.Popen(
                 [
-                    "h2load",
-                    "-c",
-                    "4",
-                    "-m",
-                    "16",
-                    "-D",
-                    f"{round(args.duration + args.warmup + 5)}s",
-                    "-d",
-                    str(body),
-                    "-H",
-                    "content-type: application/grpc",
-                    "-H",
-                    "te: trailers",
-                    f"http://127.0.0.1:{server.port}{METHOD_PATH}",
+                    "h2load", "-c", "4", "-m", "16",
+                    "-D", f"{round(args.duration + args.warmup + 5)}s",
+                    "-d", str(body), *request.header_args(),
+                    f"http://127.0.0.1:{server.grpc_port}{request.path}",
                 ],
                 stdout=subprocess.DEVNULL,
-            )
+            )  # fmt: skip
             time.sleep(args.warmup)
-            record(server.process.pid, args.duration, raw, args.rate)
+            record(server.pid, args.duration, raw, args.rate)
             load.wait(timeout=60)
-        finally:
-            server.stop()
     summary = summarise(raw, args.top)
     (args.output_dir / f"{args.label}.summary.txt").write_text(summary)
     print(summary)
