@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).resolve().relative_to(TESTS_DIR).parts
         if parts and parts[0] in FOLDER_MARKERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def metrics_server_threads() -> set[threading.Thread]:
+    """Live threads serving a prometheus_client /metrics endpoint (a ServingApp's, a worker
+    group's): `serve_forever` of a server class defined in prometheus_client.exposition."""
+    found = set()
+    for thread in threading.enumerate():
+        target = getattr(thread, "_target", None)  # Thread.run drops it when it returns
+        owner = getattr(target, "__self__", None)
+        if (
+            getattr(target, "__name__", "") == "serve_forever"
+            and type(owner).__module__ == "prometheus_client.exposition"
+        ):
+            found.add(thread)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_metrics_server_left_running() -> Iterator[None]:
+    """Fail a test that leaves a /metrics server running: the ServingApp (or worker group) it
+    started was never stopped, and its gRPC server goes with it. Garbage collected late, such
+    a leftover grpc.aio server deadlocks grpc's shutdown in whatever test runs then (a 300 s
+    timeout, then a pass, far from the cause). Fixtures of a wider scope start theirs first.
+    """
+    before = metrics_server_threads()
+    yield
+    left = metrics_server_threads() - before
+    if left:
+        pytest.fail(
+            f"{len(left)} /metrics server(s) still running after the test: stop every "
+            "ServingApp it started, also when start() raises (a failed warm-up leaves it up)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

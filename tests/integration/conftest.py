@@ -70,8 +70,9 @@ async def start_app(model_repository: Path) -> AsyncIterator[StartApp]:
             gates.append(warm_up_gate)
         repository = overrides.pop("model_repository", model_repository)
         app = ServingApp(app_config(repository, **overrides), warm_up_gate=warm_up_gate)
-        await app.start(wait_ready=wait_ready)
+        # Kept before starting: a failed warm-up raises from start() with the server up.
         apps.append(app)
+        await app.start(wait_ready=wait_ready)
         return app
 
     yield start

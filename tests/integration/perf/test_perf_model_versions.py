@@ -65,8 +65,9 @@ async def start_versions_app(
     async def start(**overrides: Any) -> ServingApp:
         repository = overrides.pop("model_repository", two_version_repository)
         app = ServingApp(app_config(repository, **overrides))
-        await app.start()
+        # Kept before starting: a failed warm-up raises from start() with the server up.
         apps.append(app)
+        await app.start()
         return app
 
     yield start
