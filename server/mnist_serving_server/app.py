@@ -199,7 +199,8 @@ class ServingApp:
     async def start(self, *, wait_ready: bool = True) -> None:
         """Load, bind and serve; then warm up (awaited unless wait_ready=False).
 
-        Raises ModelLoadError (model missing or broken) or ServerStartError (bind, TLS).
+        Raises ModelLoadError (model missing or broken) or ServerStartError (bind, TLS);
+        either way nothing it started is left running.
         """
         try:
             await self._start_serving()
@@ -208,7 +209,11 @@ class ServingApp:
             raise
         self._warm_up_task = asyncio.create_task(self._warm_up(), name="mnist-warm-up")
         if wait_ready:
-            await self.wait_ready()
+            try:
+                await self.wait_ready()
+            except BaseException:
+                await self.stop(drain_delay_s=0)  # a failed warm-up: stop what is serving
+                raise
 
     async def wait_ready(self) -> None:
         """Until warm-up is done (re-raises its failure)."""

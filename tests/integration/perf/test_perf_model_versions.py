@@ -141,3 +141,15 @@ async def test_a_policy_naming_a_missing_version_fails_the_start_naming_the_poli
     repository = with_policy(two_version_repository, tmp_path, "specific: { versions: [7] }")
     with pytest.raises(ModelLoadError, match=r"no version of 'mnist' to serve.*specific \[7\]"):
         await start_versions_app(model_repository=repository)
+
+
+async def test_a_failed_warm_up_leaves_nothing_running(
+    two_version_repository: Path, tmp_path: Path
+) -> None:
+    repository = with_policy(two_version_repository, tmp_path, "specific: { versions: [7] }")
+    app = ServingApp(app_config(repository))  # no fixture: start() must clean up by itself
+    with pytest.raises(ModelLoadError):
+        await app.start()
+    assert app.metrics_port is None
+    assert app.http_port is None
+    await app.stop()  # idempotent: already stopped
