@@ -131,7 +131,6 @@ class DynamicBatcher:
             raise ValueError(f"latency_target_s must be >= 0, got {latency_target_s}")
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
-        self._max_queue_delay_s = max_queue_delay_s
         self._max_queue_size = max_queue_size
         # Adaptive queue delay (latency_target_s > 0): see _adapt_delay.
         self._latency_target_s = latency_target_s

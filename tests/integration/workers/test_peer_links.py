@@ -14,7 +14,7 @@ from mnist_serving_server.core.dataplane import DataPlane, ModelControlMode
 from mnist_serving_server.core.errors import ModelNotFoundError, NotReadyError
 from mnist_serving_server.core.registry import ModelRegistry, ModelState, RegistryOptions
 from mnist_serving_server.peers import PeerLink, WorkerGroup
-from tests.repository_models import write_regressor
+from tests.repository_models import small_registry_options, write_regressor
 
 REGRESSOR = "regressor"
 WORKERS = 2
@@ -23,15 +23,7 @@ UNREACHABLE_TIMEOUT_S = 0.5
 
 
 def options() -> RegistryOptions:
-    return RegistryOptions(
-        max_batch_size=8,
-        max_queue_delay_s=0.0,
-        max_queue_size=64,
-        provider="cpu",
-        intra_op_threads=1,
-        default_model=REGRESSOR,
-        retire_timeout_s=5.0,
-    )
+    return small_registry_options(default_model=REGRESSOR, max_batch_size=8)
 
 
 def group(tmp_path: Path, index: int, timeout_s: float = CALL_TIMEOUT_S) -> WorkerGroup:

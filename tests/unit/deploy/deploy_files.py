@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+from mnist_serving_server.config import ServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEPLOY_DIR = REPO_ROOT / "deploy"
@@ -48,3 +51,11 @@ def load_script(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def check_one_worker_per_cpu(config: ServerConfig, resources: dict[str, Any]) -> None:
+    """CPU request = limit = the workers, and their ONNX Runtime threads fit in it."""
+    cpus = int(resources["limits"]["cpu"])
+    assert int(resources["requests"]["cpu"]) == cpus
+    assert config.workers == cpus
+    assert config.intra_op_threads * config.worker_count <= cpus

@@ -12,6 +12,7 @@ from tests.unit.deploy.deploy_files import (
     K8S_BASE,
     K8S_OVERLAYS,
     WAIVERS_FILE,
+    check_one_worker_per_cpu,
     read_env_file,
 )
 
@@ -61,12 +62,7 @@ def test_every_setting_in_the_configmap_is_accepted_by_the_server() -> None:
 
 
 def test_one_worker_per_cpu_of_the_limit_each_with_its_share_of_threads() -> None:
-    config = base_config()
-    resources = server_container()["resources"]
-    cpus = int(resources["limits"]["cpu"])
-    assert int(resources["requests"]["cpu"]) == cpus
-    assert config.workers == cpus
-    assert config.intra_op_threads * config.worker_count <= cpus
+    check_one_worker_per_cpu(base_config(), server_container()["resources"])
 
 
 def test_gpu_overlay_settings_are_accepted_and_select_cuda() -> None:

@@ -14,7 +14,13 @@ from typing import Any
 import yaml
 
 from mnist_serving_server.config import ServerConfig, env_name, load_config
-from tests.unit.deploy.deploy_files import K8S_BASE, K8S_OVERLAYS, KSERVE_DIR, make_variable
+from tests.unit.deploy.deploy_files import (
+    K8S_BASE,
+    K8S_OVERLAYS,
+    KSERVE_DIR,
+    check_one_worker_per_cpu,
+    make_variable,
+)
 
 KSERVE_MODEL_DIR = "/mnt/models"
 KSERVE_CONTAINER = "kserve-container"
@@ -47,12 +53,7 @@ def runtime_config() -> ServerConfig:
 
 
 def test_one_worker_per_cpu_of_the_limit_each_with_its_share_of_threads() -> None:
-    config = runtime_config()
-    resources = runtime_container()["resources"]
-    cpus = int(resources["limits"]["cpu"])
-    assert int(resources["requests"]["cpu"]) == cpus
-    assert config.workers == cpus
-    assert config.intra_op_threads * config.worker_count <= cpus
+    check_one_worker_per_cpu(runtime_config(), runtime_container()["resources"])
 
 
 def test_runtime_follows_kserve_naming() -> None:

@@ -18,8 +18,13 @@ from mnist_serving_server.core.errors import (
     ModelNotFoundError,
     NotReadyError,
 )
-from mnist_serving_server.core.registry import ModelRegistry, RegistryOptions
-from tests.repository_models import MODEL_FILE, add_version, write_regressor
+from mnist_serving_server.core.registry import ModelRegistry
+from tests.repository_models import (
+    MODEL_FILE,
+    add_version,
+    small_registry_options,
+    write_regressor,
+)
 
 REGRESSOR = "regressor"
 
@@ -32,15 +37,7 @@ async def registry(tmp_path: Path, model_dir: Path) -> AsyncIterator[ModelRegist
     write_regressor(repository)
     instance = ModelRegistry(
         repository,
-        RegistryOptions(
-            max_batch_size=8,
-            max_queue_delay_s=0.0,
-            max_queue_size=64,
-            provider="cpu",
-            intra_op_threads=1,
-            default_model=None,
-            retire_timeout_s=5.0,
-        ),
+        small_registry_options(max_batch_size=8),
     )
     await instance.load_all()
     yield instance

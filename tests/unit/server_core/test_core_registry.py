@@ -37,22 +37,18 @@ from mnist_serving_server.core.registry import (
     check_contract,
 )
 from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
-from tests.repository_models import MODEL_FILE, write_broken, write_regressor
+from tests.repository_models import (
+    MODEL_FILE,
+    small_registry_options,
+    write_broken,
+    write_regressor,
+)
 
 REGRESSOR = "regressor"
-RETIRE_TIMEOUT_S = 5.0
 
 
 def options(default_model: str | None = None) -> RegistryOptions:
-    return RegistryOptions(
-        max_batch_size=4,
-        max_queue_delay_s=0.0,
-        max_queue_size=64,
-        provider="cpu",
-        intra_op_threads=1,
-        default_model=default_model,
-        retire_timeout_s=RETIRE_TIMEOUT_S,
-    )
+    return small_registry_options(default_model=default_model)
 
 
 StateEvent = tuple[str, str, ModelState]
