@@ -15,29 +15,11 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from mnist_serving_server.core.registry import RegistryOptions
 from mnist_serving_training.data import FASHION_MNIST_LABELS
 
 MODEL_FILE = "model.onnx"
 FASHION_LABELS = FASHION_MNIST_LABELS
 REGRESSOR_FEATURES = 4
-# How long a retired version may take to finish in tests' registries.
-RETIRE_TIMEOUT_S = 5.0
-
-
-def small_registry_options(
-    *, default_model: str | None = None, max_batch_size: int = 4
-) -> RegistryOptions:
-    """Registry settings for tests: small batches, no queue delay, one CPU thread."""
-    return RegistryOptions(
-        max_batch_size=max_batch_size,
-        max_queue_delay_s=0.0,
-        max_queue_size=64,
-        provider="cpu",
-        intra_op_threads=1,
-        default_model=default_model,
-        retire_timeout_s=RETIRE_TIMEOUT_S,
-    )
 
 
 def add_version(

@@ -14,7 +14,8 @@ from mnist_serving_server.core.dataplane import DataPlane, ModelControlMode
 from mnist_serving_server.core.errors import ModelNotFoundError, NotReadyError
 from mnist_serving_server.core.registry import ModelRegistry, ModelState, RegistryOptions
 from mnist_serving_server.peers import PeerLink, WorkerGroup
-from tests.repository_models import small_registry_options, write_regressor
+from tests.registry_options import small_registry_options
+from tests.repository_models import write_regressor
 
 REGRESSOR = "regressor"
 WORKERS = 2

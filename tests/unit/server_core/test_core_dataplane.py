@@ -19,10 +19,10 @@ from mnist_serving_server.core.errors import (
     NotReadyError,
 )
 from mnist_serving_server.core.registry import ModelRegistry
+from tests.registry_options import small_registry_options
 from tests.repository_models import (
     MODEL_FILE,
     add_version,
-    small_registry_options,
     write_regressor,
 )
 

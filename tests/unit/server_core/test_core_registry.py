@@ -37,9 +37,9 @@ from mnist_serving_server.core.registry import (
     check_contract,
 )
 from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
+from tests.registry_options import small_registry_options
 from tests.repository_models import (
     MODEL_FILE,
-    small_registry_options,
     write_broken,
     write_regressor,
 )
