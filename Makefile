@@ -21,12 +21,29 @@ TRAIN_STAMP := $(TRAIN_VENV)/.installed-train
 VENV_STAMP := $(TRAIN_VENV)/.installed
 export PATH := $(abspath $(TRAIN_VENV))/bin:$(PATH)
 
+# Every environment installs from its lock in requirements/ (exact versions, every file's
+# hash; docs/environments.md): `make lock` remakes them from pyproject.toml. pip installs a
+# lock as it is (--no-deps: nothing is resolved anew), then our two packages, editable, built
+# by the lock's setuptools (--no-build-isolation: no unpinned build environment is fetched).
+LOCK_DIR := requirements
+LOCK_PY := $(PYTHON) $(LOCK_DIR)/lock.py
+SERVE_LOCK := $(LOCK_DIR)/serve.txt
+TRAIN_LOCK := $(LOCK_DIR)/train.txt
+DEV_LOCK := $(LOCK_DIR)/dev.txt
+LOCK_TOOLS_LOCK := $(LOCK_DIR)/lock-tools.txt
+LOCK_VENV ?= .venv-lock
+PIP_INSTALL_LOCK := -m pip install --quiet --require-hashes --no-deps -r
+PIP_INSTALL_OURS := -m pip install --quiet --no-deps --no-build-isolation -e ./client -e
+PROJECT_FILES := pyproject.toml client/pyproject.toml
+
 # Which PyTorch build .venv-train gets: auto | cpu | pypi. auto: PyPI's build (with CUDA)
 # where an NVIDIA GPU is present; otherwise PyTorch's CPU-only index if it answers within
-# TORCH_PROBE_TIMEOUT_S, else PyPI's build (which brings ~4 GB of CUDA libraries).
+# TORCH_PROBE_TIMEOUT_S, else PyPI's build (which brings ~4 GB of CUDA libraries). Either
+# way the versions are the lock's; the choice is kept in $(TORCH_CHOICE).
 TORCH ?= auto
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PROBE_TIMEOUT_S ?= 5
+TORCH_CHOICE := $(TRAIN_VENV)/.torch
 
 MODEL_REPOSITORY ?= model_repository
 MODEL_NAME ?= mnist
@@ -41,9 +58,10 @@ METRICS_PORT ?= 8002
 WORKERS ?= auto
 PYTEST_ARGS ?=
 
-# Debian packages the tests use: real Fashion-MNIST files, a real Prometheus, and headless
-# Chromium with its WebDriver for the drawing page's browser test (tests/e2e/browser).
-DEBIAN_PACKAGES ?= dataset-fashion-mnist prometheus chromium chromium-driver
+# Debian packages: every one `make` installs is named in requirements/debian.txt with its
+# group; system-deps installs DEBIAN_PACKAGES (the tests' group; mk/bench.mk adds its own).
+debian-packages = $(shell awk '$$2 == "$(1)" {print $$1}' $(LOCK_DIR)/debian.txt)
+DEBIAN_PACKAGES ?= $(call debian-packages,test)
 
 # apt-get needs root: use sudo when make runs as another user.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -52,7 +70,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 EXTRA_TEST_TARGETS :=
 -include mk/*.mk
 
-.PHONY: help venv train-venv dev-venv system-deps proto proto-check train-export reference-model \
+.PHONY: help venv train-venv dev-venv lock lock-check system-deps proto proto-check train-export reference-model \
   model serve lint test test-python test-interop clean
 
 help: ## Show the targets
@@ -71,30 +89,32 @@ train-venv: $(TRAIN_STAMP) ## Create .venv-train: + PyTorch (CPU build where no 
 
 dev-venv: $(VENV_STAMP) ## Add the test and lint tools to .venv-train (what make test/lint use)
 
-$(SERVE_STAMP): pyproject.toml client/pyproject.toml
+$(SERVE_STAMP): $(SERVE_LOCK) $(PROJECT_FILES)
 	@test -x $(SERVE_PY) || $(PYTHON) -m venv $(VENV)
-	$(SERVE_PY) -m pip install --quiet --upgrade "pip>=24"
-	$(SERVE_PY) -m pip install --quiet -e ./client -e .
+	$(SERVE_PY) $(PIP_INSTALL_LOCK) $(SERVE_LOCK)
+	$(SERVE_PY) $(PIP_INSTALL_OURS) .
 	@touch $@
 
-$(TRAIN_STAMP): pyproject.toml client/pyproject.toml
+# The training lock, less PyPI torch's CUDA packages when the CPU build was chosen.
+$(TRAIN_STAMP): $(TRAIN_LOCK) $(PROJECT_FILES)
 	@test -x $(PY) || $(PYTHON) -m venv $(TRAIN_VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	@$(install-torch)
-	$(PY) -m pip install --quiet -e ./client -e '.[train]'
+	$(LOCK_PY) export train --torch "$$(cat $(TORCH_CHOICE))" > $(TRAIN_VENV)/.lock-train.txt
+	$(PY) $(PIP_INSTALL_LOCK) $(TRAIN_VENV)/.lock-train.txt
+	$(PY) $(PIP_INSTALL_OURS) '.[train]'
 	@touch $@
 
-$(VENV_STAMP): $(TRAIN_STAMP)
-	$(PY) -m pip install --quiet -e ./client -e '.[train,dev]'
+$(VENV_STAMP): $(TRAIN_STAMP) $(DEV_LOCK)
+	$(LOCK_PY) export dev --torch "$$(cat $(TORCH_CHOICE))" > $(TRAIN_VENV)/.lock-dev.txt
+	$(PY) $(PIP_INSTALL_LOCK) $(TRAIN_VENV)/.lock-dev.txt
+	$(PY) $(PIP_INSTALL_OURS) '.[train,dev]'
+	$(PY) -m pip check
 	@touch $@
 
-# Install torch and torchvision (the versions pyproject.toml's `train` extra allows) before the
-# rest, so that the `.[train]` install finds them there. See TORCH above.
+# Choose the PyTorch build (see TORCH above) once per .venv-train, and install the CPU build
+# of the lock's torch and torchvision when chosen; PyPI's build comes with the lock itself.
 define install-torch
-if $(PY) -m pip show --quiet torch >/dev/null 2>&1; then exit 0; fi; \
-specs=$$($(PY) -c 'import re, tomllib; \
-extra = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["train"]; \
-print(" ".join(d for d in extra if re.match(r"(torch|torchvision)\b", d)))'); \
+if [ -f $(TORCH_CHOICE) ]; then exit 0; fi; \
 choice='$(TORCH)'; \
 if [ "$$choice" = auto ]; then \
   if command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia ]; then \
@@ -111,12 +131,26 @@ urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=float(sys.ar
   fi; \
 fi; \
 case "$$choice" in \
-  cpu) echo "torch: installing the CPU-only build from $(TORCH_CPU_INDEX) ($$specs)"; \
-       $(PY) -m pip install --quiet --index-url '$(TORCH_CPU_INDEX)' $$specs ;; \
+  cpu) specs=$$($(LOCK_PY) export train --versions-of torch torchvision); \
+       echo "torch: installing the CPU-only build from $(TORCH_CPU_INDEX) ($$specs, the lock's versions)"; \
+       $(PY) -m pip install --quiet --no-deps --index-url '$(TORCH_CPU_INDEX)' $$specs ;; \
   pypi) ;; \
   *) echo "TORCH=$$choice: expected auto, cpu or pypi" >&2; exit 2 ;; \
-esac
+esac; \
+echo "$$choice" > $(TORCH_CHOICE)
 endef
+
+# Remake every lock from pyproject.toml, client/pyproject.toml and requirements/*.in with uv
+# (itself installed from its own lock into $(LOCK_VENV)). Versions already locked are kept
+# unless asked: UPGRADE=1 (everything to the newest allowed) or UPGRADE_PACKAGE='a b'.
+lock: ## Remake requirements/*.txt from pyproject.toml (UPGRADE=1, UPGRADE_PACKAGE=name to move versions)
+	@test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python $(PIP_INSTALL_LOCK) $(LOCK_TOOLS_LOCK)
+	PATH="$(abspath $(LOCK_VENV))/bin:$$PATH" $(LOCK_PY) compile $(if $(UPGRADE),--upgrade) \
+	  $(foreach package,$(UPGRADE_PACKAGE),--upgrade-package $(package))
+
+lock-check: ## Fail when a lock is stale against pyproject.toml (tests/unit/test_locks.py too)
+	$(LOCK_PY) check
 
 system-deps: ## Install the Debian packages the tests use (apt-get update first)
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -175,5 +209,5 @@ test-interop: $(VENV_STAMP) system-deps
 test: lint test-python test-interop $(EXTRA_TEST_TARGETS) ## Lint and run every test (what CI runs)
 
 clean: ## Remove .venv, .venv-train, caches and build outputs (keeps model_repository)
-	rm -rf $(VENV) $(TRAIN_VENV) build dist *.egg-info client/build client/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRAIN_VENV) $(LOCK_VENV) build dist *.egg-info client/build client/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

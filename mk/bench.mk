@@ -12,7 +12,7 @@
 # By default two configurations side by side: the server's defaults (--workers auto) and
 # one process, so "the defaults against one worker" is one run's ratio.
 BENCH_ARGS ?= --server-args= --server-args="--workers 1"
-BENCH_DEBIAN_PACKAGES := nghttp2-client
+BENCH_DEBIAN_PACKAGES := $(call debian-packages,bench)
 DEBIAN_PACKAGES += $(BENCH_DEBIAN_PACKAGES)
 
 .PHONY: bench bench-quick bench-deps

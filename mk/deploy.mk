@@ -7,7 +7,7 @@
 DEPLOY_VENV ?= .venv-deploy
 DEPLOY_PY := $(DEPLOY_VENV)/bin/python
 DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
-DEPLOY_REQUIREMENTS := deploy/requirements-deploy.txt
+DEPLOY_LOCK := $(LOCK_DIR)/deploy.txt
 DEPLOY_BUILD := build/deploy
 K8S_OVERLAYS := $(notdir $(wildcard deploy/k8s/overlays/*))
 DOCKER ?= docker
@@ -21,10 +21,9 @@ EXTRA_TEST_TARGETS += test-deploy
 
 deploy-venv: $(DEPLOY_STAMP) ## Create .venv-deploy with the deploy check tools
 
-$(DEPLOY_STAMP): $(DEPLOY_REQUIREMENTS)
+$(DEPLOY_STAMP): $(DEPLOY_LOCK)
 	@test -x $(DEPLOY_PY) || $(PYTHON) -m venv $(DEPLOY_VENV)
-	$(DEPLOY_PY) -m pip install --quiet --upgrade "pip>=24"
-	$(DEPLOY_PY) -m pip install --quiet -r $(DEPLOY_REQUIREMENTS)
+	$(DEPLOY_PY) $(PIP_INSTALL_LOCK) $(DEPLOY_LOCK)
 	@touch $@
 
 deploy-generate: ## Regenerate deploy/k8s/base/prometheusrule.yaml from the Prometheus rules file

@@ -43,18 +43,15 @@ docker-base:
 	  echo $(DEBIAN_BASE_IMAGE) > $(DOCKER_BUILD_DIR)/base-image; \
 	fi
 
-# The dev venv's versions are the constraints: the image runs what the tests ran.
-$(DOCKER_BUILD_DIR)/constraints.txt: $(VENV_STAMP)
-	@mkdir -p $(@D)
-	$(PY) -m pip freeze --exclude-editable | grep '==' > $@
-
-$(DOCKER_BUILD_DIR)/wheelhouse-cpu/.built: $(DOCKER_SOURCES) $(DOCKER_BUILD_DIR)/constraints.txt deploy/docker/build_wheelhouse.sh
-	PYTHON=$(PY) CONSTRAINTS=$(DOCKER_BUILD_DIR)/constraints.txt deploy/docker/build_wheelhouse.sh \
+# The wheelhouse holds the serving lock's files (hash-checked), which follows the dev lock's
+# versions: the image runs what the tests ran.
+$(DOCKER_BUILD_DIR)/wheelhouse-cpu/.built: $(DOCKER_SOURCES) $(SERVE_LOCK) deploy/docker/build_wheelhouse.sh
+	PYTHON=$(PY) LOCK=$(SERVE_LOCK) deploy/docker/build_wheelhouse.sh \
 	  $(@D) $(DOCKER_PYTHON_VERSION) $(DOCKER_GLIBC_MINOR) 2>&1 | grep -v "is ignored: it is neither"
 	@touch $@
 
-$(DOCKER_BUILD_DIR)/wheelhouse-gpu/.built: $(DOCKER_SOURCES) $(DOCKER_BUILD_DIR)/constraints.txt deploy/docker/build_wheelhouse.sh
-	PYTHON=$(PY) CONSTRAINTS=$(DOCKER_BUILD_DIR)/constraints.txt deploy/docker/build_wheelhouse.sh $(@D) 3.12 39 \
+$(DOCKER_BUILD_DIR)/wheelhouse-gpu/.built: $(DOCKER_SOURCES) $(SERVE_LOCK) deploy/docker/build_wheelhouse.sh
+	PYTHON=$(PY) LOCK=$(SERVE_LOCK) deploy/docker/build_wheelhouse.sh $(@D) 3.12 39 \
 	  onnxruntime-gpu==$(ONNXRUNTIME_GPU_VERSION) 2>&1 | grep -v "is ignored: it is neither"
 	@touch $@
 

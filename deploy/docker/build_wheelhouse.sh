@@ -7,8 +7,9 @@
 #   e.g. build_wheelhouse.sh build/docker/wheelhouse-cpu 3.11 36          (Debian bookworm)
 #        build_wheelhouse.sh build/docker/wheelhouse-gpu 3.12 39 onnxruntime-gpu==1.31.1
 #
-# Variables: PYTHON (the host Python whose pip runs; default python3), CONSTRAINTS (a pip
-# constraints file, e.g. the dev venv's versions, so the image runs what the tests ran).
+# Variables: PYTHON (the host Python whose pip runs; default python3), LOCK (the serving
+# lock, requirements/serve.txt: its exact files, hash-checked). The extra requirements (the
+# GPU image's onnxruntime-gpu) come without their dependencies, which the lock already holds.
 set -euo pipefail
 
 out=${1:?usage: build_wheelhouse.sh OUT_DIR PYTHON_VERSION GLIBC_MINOR [REQUIREMENT...]}
@@ -26,9 +27,9 @@ rm -rf "$root/build/lib" "$root/build/bdist."* "$root/client/build"
 # manylinux wheels any glibc up to the image's can load; binaries only, for that Python.
 platforms=(--platform manylinux2014_x86_64)
 for minor in $(seq 17 "$glibc_minor"); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
-constraints=()
-if [ -n "${CONSTRAINTS:-}" ]; then constraints=(--constraint "$CONSTRAINTS"); fi
-"$python" -m pip download --quiet --dest "$out" --only-binary=:all: \
-  --python-version "$python_version" --implementation cp "${platforms[@]}" "${constraints[@]}" \
-  "$out"/mnist_serving_client-*.whl "$out"/mnist_serving-*.whl "$@"
+lock=${LOCK:-$root/requirements/serve.txt}
+download=("$python" -m pip download --quiet --dest "$out" --only-binary=:all: --no-deps
+  --python-version "$python_version" --implementation cp "${platforms[@]}")
+"${download[@]}" --require-hashes -r "$lock"
+if [ "$#" -gt 0 ]; then "${download[@]}" "$@"; fi
 echo "wheelhouse $out: $(find "$out" -name '*.whl' | wc -l) wheels for CPython $python_version"

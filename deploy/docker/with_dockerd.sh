@@ -22,10 +22,13 @@ if timeout 20 $docker info >/dev/null 2>&1; then
 fi
 
 if ! command -v dockerd >/dev/null; then
-  echo "with_dockerd: installing Debian's docker.io"
+  # The package's name is in requirements/debian.txt (group docker), with every other one.
+  packages=$(awk '$2 == "docker" {print $1}' "$(dirname "$0")/../../requirements/debian.txt")
+  echo "with_dockerd: installing Debian's $packages"
   $sudo apt-get update -qq
+  # shellcheck disable=SC2086
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    docker.io >/dev/null
+    $packages >/dev/null
   # Where systemd runs, the package starts its own daemon: use that one.
   if timeout 20 $docker info >/dev/null 2>&1; then
     echo "with_dockerd: using the Docker daemon the docker.io package started"
