@@ -59,7 +59,12 @@ class Lock:
 
 # In the order they are made: a lock comes after the one it follows.
 LOCKS = (
-    Lock("dev", ".venv-train + test/lint tools, make bench", (*PROJECTS, BUILD_TOOLS), ("train", "dev")),
+    Lock(
+        "dev",
+        ".venv-train + test/lint tools, make bench",
+        (*PROJECTS, BUILD_TOOLS),
+        ("train", "dev"),
+    ),
     Lock("train", ".venv-train (make train-export)", (*PROJECTS, BUILD_TOOLS), ("train",), "dev"),
     Lock("serve", ".venv (make serve), the images", (*PROJECTS, BUILD_TOOLS), (), "dev"),
     Lock("deploy", ".venv-deploy (make test-deploy)", ("requirements/deploy.in", BUILD_TOOLS)),
@@ -122,7 +127,11 @@ def compile_locks(uv_options: list[str]) -> None:
         command += ["--generate-hashes", "--universal", "--python-version", PYTHON_VERSION]
         command += ["--custom-compile-command", "make lock", "--output-file", str(lock.path)]
         subprocess.run([*command, *uv_options], cwd=ROOT, check=True)
-        body = [line for line in lock.path.read_text().splitlines() if not line.startswith(DIGEST_PREFIX)]
+        body = [
+            line
+            for line in lock.path.read_text().splitlines()
+            if not line.startswith(DIGEST_PREFIX)
+        ]
         header = [f"{DIGEST_PREFIX}{inputs_digest(lock)}", f"# environment: {lock.environment}"]
         body = [line for line in body if not line.startswith("# environment: ")]
         lock.path.write_text("\n".join([*header, *body]) + "\n")
@@ -191,7 +200,9 @@ def export(lock: Lock, torch: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("compile", help="write every lock with uv (extra options go to uv)")
     commands.add_parser("check", help="exit 1 when a lock is stale against its sources")

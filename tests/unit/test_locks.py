@@ -1,0 +1,125 @@
+"""Every environment `make` builds installs from a current lock (requirements/*.txt).
+
+A lock is stale when what it was made from changed without `make lock`: a dependency added
+to pyproject.toml, a range moved, an .in file or pins.in edited. These tests run the same
+check as `make lock-check`, and prove it catches a dependency added without relocking.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def lock_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "requirements_lock", REPO_ROOT / "requirements" / "lock.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_lock_is_current(lock_module: ModuleType) -> None:
+    stale = {lock.name: lock_module.stale_reasons(lock) for lock in lock_module.LOCKS}
+    assert stale == {lock.name: [] for lock in lock_module.LOCKS}, "run `make lock` and commit"
+
+
+@pytest.fixture
+def copied_tree(tmp_path: Path, lock_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The lock's sources and locks copied to tmp_path, which lock.py then reads instead."""
+    (tmp_path / "client").mkdir()
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copy(REPO_ROOT / "client" / "pyproject.toml", tmp_path / "client" / "pyproject.toml")
+    shutil.copytree(REPO_ROOT / "requirements", tmp_path / "requirements")
+    monkeypatch.setattr(lock_module, "ROOT", tmp_path)
+    monkeypatch.setattr(lock_module, "LOCK_DIR", tmp_path / "requirements")
+    return tmp_path
+
+
+def test_a_dependency_added_without_relocking_makes_the_locks_stale(
+    copied_tree: Path, lock_module: ModuleType
+) -> None:
+    assert lock_module.check() == 0
+    pyproject = copied_tree / "pyproject.toml"
+    text = pyproject.read_text()
+    assert '    "numpy>=1.26",\n' in text
+    pyproject.write_text(
+        text.replace('    "numpy>=1.26",\n', '    "numpy>=1.26",\n    "left-pad>=1",\n', 1)
+    )
+    serve = lock_module.LOCKS_BY_NAME["serve"]
+    assert lock_module.stale_reasons(serve) == [
+        "its sources changed since it was made",
+        "left-pad is required but not locked",
+    ]
+    assert lock_module.check() == 1
+
+
+def test_a_range_the_locked_version_leaves_is_named(
+    copied_tree: Path, lock_module: ModuleType
+) -> None:
+    client = copied_tree / "client" / "pyproject.toml"
+    client.write_text(client.read_text().replace('"numpy>=1.26"', '"numpy<1.26"'))
+    reasons = lock_module.stale_reasons(lock_module.LOCKS_BY_NAME["serve"])
+    assert reasons[0] == "its sources changed since it was made"
+    assert reasons[1].startswith("numpy==")
+    assert reasons[1].endswith("is outside <1.26")
+
+
+def test_a_pin_changed_by_hand_makes_the_locks_that_follow_it_stale(
+    copied_tree: Path, lock_module: ModuleType
+) -> None:
+    dev = copied_tree / "requirements" / "dev.txt"
+    text, edits = re.subn(r"\norjson==[^ ]+", "\norjson==3.10.1", dev.read_text(), count=1)
+    assert edits == 1
+    dev.write_text(text)
+    stale = {lock.name for lock in lock_module.LOCKS if lock_module.stale_reasons(lock)}
+    assert stale == {"serve", "train"}
+
+
+def test_the_cpu_export_drops_pypi_torch_and_its_cuda_runtime_only(lock_module: ModuleType) -> None:
+    dev = lock_module.LOCKS_BY_NAME["dev"]
+    full = set(lock_module.pinned_versions(dev.path))
+    exported = REPO_ROOT / "requirements" / "dev.txt"
+    cpu_text = lock_module.export(dev, "cpu")
+    cpu = {
+        lock_module.canonical(line.split("==")[0])
+        for line in cpu_text.splitlines()
+        if line[:1].isalnum()
+    }
+    dropped = full - cpu
+    assert {"torch", "torchvision", "triton"} <= dropped
+    assert any(name.startswith("nvidia-") for name in dropped)
+    assert all(lock_module.CUDA_ONLY.match(n) or n in ("torch", "torchvision") for n in dropped)
+    # What the CPU build itself needs stays, hashes and all.
+    assert {"sympy", "filelock", "networkx", "jinja2", "fsspec", "numpy"} <= cpu
+    assert "--hash=sha256:" in cpu_text
+    assert lock_module.export(dev, "pypi") == exported.read_text()
+
+
+def test_every_environment_the_makefile_builds_installs_from_its_lock() -> None:
+    """No `pip install` of a bare name or range in the Makefile or its fragments: each
+    environment gets its lock (--require-hashes), our own packages (--no-deps), or the CPU
+    build of the lock's torch versions."""
+    recipes = [REPO_ROOT / "Makefile", *sorted((REPO_ROOT / "mk").glob("*.mk"))]
+    installs = [
+        line.strip()
+        for path in recipes
+        for line in path.read_text().splitlines()
+        if "pip install" in line and not line.lstrip().startswith("#")
+    ]
+    assert installs, "the Makefile installs nothing?"
+    for line in installs:
+        assert "--no-deps" in line, line
