@@ -198,13 +198,16 @@ lint: $(VENV_STAMP) ## ruff (lint + format check), mypy, and the import layers (
 	$(PY) -m mypy
 	$(TRAIN_VENV)/bin/lint-imports
 
+# The container's tests run in test-docker (docker-e2e), which builds the image they need.
+DOCKER_TESTS := tests/e2e/docker tests/interop/test_interop_docker_image.py
+
 test-python: $(VENV_STAMP) system-deps
-	$(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/interop
+	$(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/interop $(addprefix --ignore=,$(DOCKER_TESTS))
 
 # tritonclient registers its own `inference.*` protobuf messages; ours would clash in one
 # process, so the tests that use it run in a pytest process of their own.
 test-interop: $(VENV_STAMP) system-deps
-	$(PY) -m pytest $(PYTEST_ARGS) tests/interop
+	$(PY) -m pytest $(PYTEST_ARGS) tests/interop $(addprefix --ignore=,$(DOCKER_TESTS))
 
 test: lint test-python test-interop $(EXTRA_TEST_TARGETS) ## Lint and run every test (what CI runs)
 

@@ -1,14 +1,14 @@
 """The server's lifecycle: build every part from a ServerConfig, serve, drain, stop.
 
 Start: pick the default model from the repository's folders (an ambiguous or empty
-repository fails here), bind the gRPC port (health NOT_SERVING), start `/metrics`; then,
-in the background, load and warm up every model of the repository (worker threads), then
-health SERVING and the ready file; in poll mode, re-read the repository periodically.
+repository fails here), start the gRPC front (health NOT_SERVING) and the HTTP front, then
+`/metrics`; then, in the background, load and warm up every model of the repository
+(worker threads), then health SERVING and the ready file; in poll mode, re-read the
+repository periodically.
 Stop (SIGTERM/SIGINT, or `stop()` in tests): health NOT_SERVING at once, keep serving
-for `drain_delay_s` so load balancers notice, then refuse new calls (UNAVAILABLE, through
-the drain gate) and give the in-flight ones `grace_period_s` to finish, stop the gRPC
-server without cancelling a call (grpc_api/drain_gate.py), stop every batcher, close
-`/metrics`.
+for `drain_delay_s` so load balancers notice, then both fronts refuse new calls and give
+the in-flight ones `grace_period_s` to finish, cancelling none (core/drain.py); then every
+batcher stops and `/metrics` closes.
 """
 
 from __future__ import annotations
@@ -21,31 +21,16 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import grpc
-from grpc import aio
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from mnist_serving_proto import classifier_pb2_grpc, open_inference_pb2_grpc
 from mnist_serving_server.config import HTTP_OFF, METRICS_OFF, ServerConfig
 from mnist_serving_server.core.dataplane import DataPlane, ModelControlMode
 from mnist_serving_server.core.registry import ModelRegistry, ModelState, RegistryOptions
 from mnist_serving_server.core.runtime import ModelInfo
-from mnist_serving_server.core.tokens import BearerTokens, load_tokens
-from mnist_serving_server.grpc_api.auth import AuthConfigError, build_auth_interceptor
-from mnist_serving_server.grpc_api.classifier_servicer import ClassifierServicer
-from mnist_serving_server.grpc_api.drain_gate import DrainGate
-from mnist_serving_server.grpc_api.health import (
-    CLASSIFIER_SERVICE,
-    HEALTH_SERVICE,
-    V2_SERVICE,
-    HealthReporter,
-    enable_reflection,
-)
-from mnist_serving_server.grpc_api.message_guard import add_guarded_servicer
-from mnist_serving_server.grpc_api.v2_servicer import InferenceV2Servicer
+from mnist_serving_server.core.tokens import AuthConfigError, BearerTokens, load_tokens
+from mnist_serving_server.grpc_api.front import GrpcFront, GrpcStartError, grpc_address
+from mnist_serving_server.grpc_api.health import HEALTH_SERVICE, HealthReporter
 from mnist_serving_server.http_api.asgi import V2HttpApp
 from mnist_serving_server.http_api.front import HttpFront
 from mnist_serving_server.logs import log_fields
@@ -55,26 +40,10 @@ from mnist_serving_server.peers import PeerLink, WorkerGroup
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Stopping gRPC (drain_gate.py): after the in-flight calls, wait until no new call has
-# arrived for QUIET_S (at most QUIET_LIMIT_S), then start server.stop and answer the held
-# refusals RELEASE_AFTER_S later, once the GOAWAY is out.
-QUIET_S = 0.05
-QUIET_LIMIT_S = 1.0
-RELEASE_AFTER_S = 0.02
-
-# (add_XServicer_to_server, the servicer, its full service name) for each API served.
-ServicerRegistration = tuple[Callable[[Any, aio.Server], None], object, str]
 
 
 class ServerStartError(Exception):
     """The server could not start (port taken, TLS files unreadable); the message says why."""
-
-
-def grpc_address(host: str, port: int) -> str:
-    """host:port, with IPv6 literals bracketed."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 def write_ready_file(
@@ -94,11 +63,141 @@ def write_ready_file(
     os.replace(tmp, path)
 
 
+def registry_options(config: ServerConfig) -> RegistryOptions:
+    """The registry's settings from the server's."""
+    return RegistryOptions(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_s=config.max_queue_delay_s,
+        max_queue_size=config.max_queue_size,
+        provider=config.provider,
+        intra_op_threads=config.intra_op_threads,
+        default_model=config.default_model,
+        retire_timeout_s=config.grace_period_s,
+        load_timeout_s=config.model_load_timeout_s,
+        batch_latency_target_s=config.batch_latency_target_s,
+    )
+
+
+def grpc_front(
+    config: ServerConfig,
+    dataplane: DataPlane,
+    metrics: ServerMetrics,
+    health: HealthReporter,
+    *,
+    reuse_port: bool,
+) -> GrpcFront:
+    """The gRPC front for these settings; it reads the auth tokens when it starts."""
+    return GrpcFront(
+        dataplane,
+        metrics,
+        health,
+        config.host,
+        config.port,
+        max_message_bytes=config.max_message_bytes,
+        max_images_per_request=config.max_images_per_request,
+        max_decoded_pixels=config.max_decoded_pixels,
+        reuse_port=reuse_port,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_client_ca=config.tls_client_ca,
+        auth_token_file=config.auth_token_file,
+        auth_exempt_services=config.auth_exempt_services,
+        environ=os.environ,
+    )
+
+
+def http_front(
+    config: ServerConfig,
+    dataplane: DataPlane,
+    metrics: ServerMetrics,
+    ready: Callable[[], bool],
+    *,
+    reuse_port: bool,
+) -> HttpFront:
+    """The HTTP front (KServe V2 and the page) for these settings; reads the auth tokens.
+
+    The tokens are read from --auth-token-file and MNIST_SERVING_AUTH_TOKEN, not kept in
+    ServerConfig, so they never appear in its repr, the logs or a command line.
+    """
+    try:
+        tokens = load_tokens(config.auth_token_file, os.environ)
+    except AuthConfigError as exc:
+        raise ServerStartError(str(exc)) from None
+    app = V2HttpApp(
+        dataplane,
+        metrics,
+        ready=ready,
+        max_images_per_request=config.max_images_per_request,
+        max_decoded_pixels=config.max_decoded_pixels,
+        max_body_bytes=config.max_message_bytes,
+        tokens=BearerTokens(tokens) if tokens else None,
+        health_exempt=HEALTH_SERVICE in config.auth_exempt_services,
+    )
+    return HttpFront(
+        app,
+        config.http_host,
+        config.http_port,
+        reuse_port=reuse_port,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_client_ca=config.tls_client_ca,
+        request_timeout_s=config.http_request_timeout_s,
+    )
+
+
+def metrics_server(config: ServerConfig, registry: CollectorRegistry) -> MetricsServer:
+    """`/metrics` on its own port, serving `registry`."""
+    try:
+        return start_metrics_server(registry, config.metrics_host, config.metrics_port)
+    except OSError as exc:
+        raise ServerStartError(
+            f"cannot serve /metrics on "
+            f"{grpc_address(config.metrics_host, config.metrics_port)}: {exc}"
+        ) from None
+
+
+def log_serving(
+    config: ServerConfig,
+    default_model: str,
+    *,
+    token_auth: bool,
+    grpc_port: int,
+    http_port: int | None,
+    metrics_port: int | None,
+) -> None:
+    """The one line that says what this server is and how it was started."""
+    logger.info(
+        "serving (loading models)",
+        extra=log_fields(
+            model_repository=str(config.model_repository),
+            default_model=default_model,
+            model_control_mode=config.model_control_mode,
+            provider=config.provider,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+            tls=config.tls_enabled,
+            mtls=config.tls_client_ca is not None,
+            token_auth=token_auth,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_ms=config.max_queue_delay_ms,
+            max_queue_size=config.max_queue_size,
+        ),
+    )
+
+
+def local_address(host: str, port: int) -> str:
+    """Where a client on this machine reaches host:port ("127.0.0.1:PORT" for a wildcard)."""
+    return grpc_address("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
+
+
 class ServingApp:
     """One server: `await start()`, then `grpc_port` / `metrics_port`, then `await stop()`.
 
     `warm_up_gate`: when given, warm-up waits for this event (tests use it to observe the
     NOT_SERVING state before warm-up). `registry`: where metrics go (a fresh one by default).
+    `reuse_port`: True only in a --workers process, whose ports are shared with its
+    siblings on purpose; `group`: those siblings.
     """
 
     def __init__(
@@ -119,21 +218,10 @@ class ServingApp:
         )
         self.health = HealthReporter()
         self._warm_up_gate = warm_up_gate
-        # True only in a --workers process: the port is shared with its siblings on purpose.
         self._reuse_port = reuse_port
         self.models = ModelRegistry(
             config.model_repository,
-            RegistryOptions(
-                max_batch_size=config.max_batch_size,
-                max_queue_delay_s=config.max_queue_delay_s,
-                max_queue_size=config.max_queue_size,
-                provider=config.provider,
-                intra_op_threads=config.intra_op_threads,
-                default_model=config.default_model,
-                retire_timeout_s=config.grace_period_s,
-                load_timeout_s=config.model_load_timeout_s,
-                batch_latency_target_s=config.batch_latency_target_s,
-            ),
+            registry_options(config),
             observer_for=self.metrics.version_observer,
             on_state=self._on_model_state,
         )
@@ -142,16 +230,14 @@ class ServingApp:
         self.dataplane = DataPlane(
             self.models, control_mode=config.model_control_mode, replicas=self._peers
         )
-        self._poll_task: asyncio.Task[None] | None = None
-        self._server: aio.Server | None = None
-        self._metrics_server: MetricsServer | None = None
+        self._grpc: GrpcFront | None = None
         self._http: HttpFront | None = None
         self.http_app: V2HttpApp | None = None
         """The HTTP front's ASGI app (None when HTTP is off); kept after stop for tests."""
+        self._metrics_server: MetricsServer | None = None
         self._warm_up_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._grpc_port: int | None = None
-        self._gate = DrainGate()
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -159,9 +245,9 @@ class ServingApp:
 
     @property
     def grpc_port(self) -> int:
-        if self._grpc_port is None:
+        if self._grpc is None or self._grpc.port is None:
             raise RuntimeError("the server is not started")
-        return self._grpc_port
+        return self._grpc.port
 
     @property
     def metrics_port(self) -> int | None:
@@ -176,19 +262,13 @@ class ServingApp:
     @property
     def http_base(self) -> str:
         """Where a client on this machine reaches HTTP ("http://127.0.0.1:PORT")."""
-        host = self.config.http_host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
         scheme = "https" if self.config.tls_enabled else "http"
-        return f"{scheme}://{grpc_address(host, self.http_port or 0)}"
+        return f"{scheme}://{local_address(self.config.http_host, self.http_port or 0)}"
 
     @property
     def target(self) -> str:
         """Where a client on this machine connects ("127.0.0.1:PORT" for a wildcard host)."""
-        host = self.config.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return grpc_address(host, self.grpc_port)
+        return local_address(self.config.host, self.grpc_port)
 
     @property
     def ready(self) -> bool:
@@ -227,77 +307,36 @@ class ServingApp:
         if self._peers is not None:
             await self._peers.start()
         await self.health.start()
-
-        registrations = self._servicers()
-        interceptors = self._interceptors([name for _, _, name in registrations])
-        server = aio.server(options=self._server_options(), interceptors=interceptors)
-        for add_to_server, servicer, _ in registrations:
-            # Guarded: a request that is not valid protobuf gets INVALID_ARGUMENT, not UNKNOWN.
-            # Gated: once stopping, new calls get UNAVAILABLE (never CANCELLED).
-            add_guarded_servicer(
-                add_to_server, servicer, server, metrics=self.metrics, gate=self._gate
-            )
-        self.health.add_to_server(server)
-        enable_reflection(server, [name for _, _, name in registrations])
-        self._grpc_port = self._bind(server)
-        self._server = server
-        await server.start()
+        grpc_front = await self._start_grpc()
         if config.http_port != HTTP_OFF:
             await self._start_http()
         if config.metrics_port != METRICS_OFF:
-            try:
-                self._metrics_server = start_metrics_server(
-                    self.registry, config.metrics_host, config.metrics_port
-                )
-            except OSError as exc:
-                raise ServerStartError(
-                    f"cannot serve /metrics on "
-                    f"{grpc_address(config.metrics_host, config.metrics_port)}: {exc}"
-                ) from None
-        logger.info(
-            "serving (loading models)",
-            extra=log_fields(
-                model_repository=str(config.model_repository),
-                default_model=default_model,
-                model_control_mode=config.model_control_mode,
-                provider=config.provider,
-                grpc_port=self._grpc_port,
-                http_port=self.http_port,
-                metrics_port=self.metrics_port,
-                tls=config.tls_enabled,
-                mtls=config.tls_client_ca is not None,
-                token_auth=interceptors is not None,
-                max_batch_size=config.max_batch_size,
-                max_queue_delay_ms=config.max_queue_delay_ms,
-                max_queue_size=config.max_queue_size,
-            ),
+            self._metrics_server = metrics_server(config, self.registry)
+        log_serving(
+            config,
+            default_model,
+            token_auth=grpc_front.token_auth,
+            grpc_port=self.grpc_port,
+            http_port=self.http_port,
+            metrics_port=self.metrics_port,
         )
+
+    async def _start_grpc(self) -> GrpcFront:
+        """Classify, KServe V2, health and reflection."""
+        front = self._grpc = grpc_front(
+            self.config, self.dataplane, self.metrics, self.health, reuse_port=self._reuse_port
+        )
+        try:
+            await front.start()
+        except GrpcStartError as exc:
+            raise ServerStartError(str(exc)) from None
+        return front
 
     async def _start_http(self) -> None:
         """KServe V2 over HTTP (and the page) on the same loop, over the same dataplane."""
         config = self.config
-        try:
-            tokens = load_tokens(config.auth_token_file, os.environ)
-        except AuthConfigError as exc:
-            raise ServerStartError(str(exc)) from None
-        app = V2HttpApp(
-            self.dataplane,
-            self.metrics,
-            ready=lambda: self.ready,
-            max_images_per_request=config.max_images_per_request,
-            max_decoded_pixels=config.max_decoded_pixels,
-            max_body_bytes=config.max_message_bytes,
-            tokens=BearerTokens(tokens) if tokens else None,
-            health_exempt=HEALTH_SERVICE in config.auth_exempt_services,
-        )
-        front = HttpFront(
-            app,
-            config.http_host,
-            config.http_port,
-            reuse_port=self._reuse_port,
-            tls_cert=config.tls_cert,
-            tls_key=config.tls_key,
-            tls_client_ca=config.tls_client_ca,
+        front = http_front(
+            config, self.dataplane, self.metrics, lambda: self.ready, reuse_port=self._reuse_port
         )
         try:
             await front.start()
@@ -307,100 +346,7 @@ class ServingApp:
                 f"(is another server using it?): {exc}"
             ) from None
         self._http = front
-        self.http_app = app
-
-    def _servicers(self) -> list[ServicerRegistration]:
-        """Every API this server answers; add a line here to serve another one."""
-        config = self.config
-        return [
-            (
-                classifier_pb2_grpc.add_ClassifierServicer_to_server,
-                ClassifierServicer(
-                    self.dataplane,
-                    self.metrics,
-                    max_images_per_request=config.max_images_per_request,
-                    max_decoded_pixels=config.max_decoded_pixels,
-                ),
-                CLASSIFIER_SERVICE,
-            ),
-            (
-                open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                InferenceV2Servicer(
-                    self.dataplane,
-                    self.metrics,
-                    max_images_per_request=config.max_images_per_request,
-                    max_decoded_pixels=config.max_decoded_pixels,
-                ),
-                V2_SERVICE,
-            ),
-        ]
-
-    def _interceptors(self, api_services: list[str]) -> list[aio.ServerInterceptor] | None:
-        """Bearer-token auth when a token is configured; None (no interceptor, no cost) if not.
-
-        The tokens are read here, from --auth-token-file and MNIST_SERVING_AUTH_TOKEN, not kept
-        in ServerConfig, so they never appear in its repr, the logs or a command line.
-        """
-        config = self.config
-        try:
-            auth = build_auth_interceptor(
-                config.auth_token_file,
-                os.environ,
-                exempt_services=config.auth_exempt_services,
-                served_services=[*api_services, HEALTH_SERVICE, reflection.SERVICE_NAME],
-                metrics=self.metrics,
-            )
-        except AuthConfigError as exc:
-            raise ServerStartError(str(exc)) from None
-        if auth is None:
-            return None
-        if not config.tls_enabled:
-            logger.warning(
-                "bearer-token auth without TLS: tokens cross the network in clear text; "
-                "use --tls-cert/--tls-key unless the network itself is trusted"
-            )
-        return [auth]
-
-    def _server_options(self) -> list[tuple[str, Any]]:
-        limit = self.config.max_message_bytes
-        return [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            # Without this a second server could bind the same port and steal half the
-            # connections; with it a port clash fails at start. Workers (--workers N) share
-            # the port the parent reserved on purpose (workers.py).
-            ("grpc.so_reuseport", 1 if self._reuse_port else 0),
-        ]
-
-    def _bind(self, server: aio.Server) -> int:
-        config = self.config
-        address = grpc_address(config.host, config.port)
-        try:
-            if config.tls_enabled:
-                port = server.add_secure_port(address, self._tls_credentials())
-            else:
-                port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise ServerStartError(
-                f"cannot bind the gRPC port {address} (is another server using it?): {exc}"
-            ) from None
-        if port == 0:
-            raise ServerStartError(f"cannot bind the gRPC port {address} (in use?)")
-        return int(port)
-
-    def _tls_credentials(self) -> grpc.ServerCredentials:
-        config = self.config
-        assert config.tls_cert is not None
-        assert config.tls_key is not None
-        try:
-            cert = config.tls_cert.read_bytes()
-            key = config.tls_key.read_bytes()
-            client_ca = None if config.tls_client_ca is None else config.tls_client_ca.read_bytes()
-        except OSError as exc:
-            raise ServerStartError(f"cannot read a TLS file: {exc}") from None
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-        )
+        self.http_app = front.app
 
     async def _warm_up(self) -> None:
         """Load and warm every model of the repository, then SERVING."""
@@ -459,7 +405,7 @@ class ServingApp:
         drain = self.config.drain_delay_s if drain_delay_s is None else drain_delay_s
         try:
             await self.health.set_not_serving_for_good()
-            if self._server is not None and drain > 0:
+            if self._grpc is not None and self._grpc.serving and drain > 0:
                 logger.info("stopping: NOT_SERVING, draining", extra=log_fields(drain_s=drain))
                 await asyncio.sleep(drain)
             await self._close()
@@ -469,24 +415,17 @@ class ServingApp:
 
     async def _close(self) -> None:
         """Stop whatever was started, in reverse order; safe on a half-started server."""
-        if self._warm_up_task is not None and not self._warm_up_task.done():
-            self._warm_up_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._warm_up_task
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
-        server, self._server = self._server, None
+        for task in (self._warm_up_task, self._poll_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         http, self._http = self._http, None
-        # New calls are refused from here on (HTTP: 503 + Connection: close); calls in
-        # flight get the grace period, on both transports at once.
-        stopping = []
-        if server is not None:
-            stopping.append(self._stop_grpc(server))
-        if http is not None:
-            stopping.append(http.stop(self.config.grace_period_s))
-        await asyncio.gather(*stopping)
+        # New calls are refused from here on (gRPC: UNAVAILABLE; HTTP: 503 + Connection:
+        # close); calls in flight get the grace period, on both fronts at once.
+        grace = self.config.grace_period_s
+        fronts = [front for front in (self._grpc, http) if front is not None]
+        await asyncio.gather(*(front.stop(grace) for front in fronts))
         self.dataplane.set_ready(False)
         await self.models.stop()
         if self._peers is not None:
@@ -495,30 +434,9 @@ class ServingApp:
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)
         ready_file = self.config.ready_file
-        if ready_file is not None and self._grpc_port is not None:
+        if ready_file is not None and self._grpc is not None and self._grpc.port is not None:
             with contextlib.suppress(FileNotFoundError):
                 ready_file.unlink()
-
-    async def _stop_grpc(self, server: aio.Server) -> None:
-        """Refuse new calls, let the in-flight ones finish (within the grace period), stop.
-
-        In an order that cancels no call (drain_gate.py): `server.stop` alone would cancel
-        the calls the transport has accepted but no handler has picked up yet.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.grace_period_s
-        gate = self._gate
-        gate.close()
-        if not await gate.wait_idle(deadline - loop.time()):
-            logger.warning(
-                "grace period over; cancelling the calls still running",
-                extra=log_fields(in_flight=gate.in_flight),
-            )
-        await gate.wait_quiet(QUIET_S, min(QUIET_LIMIT_S, max(deadline - loop.time(), 0.0)))
-        stopping = asyncio.ensure_future(server.stop(max(deadline - loop.time(), 0.0)))
-        await asyncio.sleep(RELEASE_AFTER_S)
-        gate.release()
-        await stopping
 
 
 async def serve(

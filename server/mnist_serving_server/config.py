@@ -52,6 +52,7 @@ DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_HTTP_PORT = 8000
+DEFAULT_HTTP_REQUEST_TIMEOUT_S = 30.0
 WORKERS_AUTO: Final = "auto"
 METRICS_OFF = -1
 HTTP_OFF = -1
@@ -158,6 +159,16 @@ class ServerConfig(BaseSettings):
         ge=HTTP_OFF,
         le=MAX_PORT,
         description="HTTP/REST port; 0 picks a free one, -1 turns HTTP off.",
+    )
+    http_request_timeout_s: float = Field(
+        DEFAULT_HTTP_REQUEST_TIMEOUT_S,
+        gt=0,
+        description=(
+            "An HTTP request's headers and body must all arrive within this many seconds of "
+            "its first byte (of the connection's opening, for its first request), else it is "
+            "answered 408 and the connection closed. Computing the answer and idle keep-alive "
+            "time do not count."
+        ),
     )
     metrics_host: str = Field(DEFAULT_HOST, description="Prometheus /metrics bind address.")
     metrics_port: int = Field(

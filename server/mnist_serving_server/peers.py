@@ -10,28 +10,49 @@ changes in the same order, and a call returns only once the whole server serves 
 result. Reads (index, statistics) ask every peer directly and are merged by the caller
 (`core.replicas`). Polling runs in the leader alone, through the same path.
 
-A peer that fails a change answers with its error's kind; the caller raises the same
-exception class (the transports' error tables then answer as for a local failure). A
-peer that cannot be reached within the call timeout makes the call UNAVAILABLE: workers
-are supervised together, so an unreachable one means the server is restarting.
+The messages and their schemas are in `peer_messages.py`. A peer that fails a request
+answers with its error's kind and the caller raises that kind again (the transports then
+answer as for a local failure). A peer that cannot be reached within the call timeout
+makes the call UNAVAILABLE (`PeerUnreachableError`, a caller-safe message; the cause goes
+to the log): workers are supervised together, so an unreachable one means the server is
+restarting. A peer that failed unexpectedly makes it INTERNAL (`PeerFailedError`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from mnist_serving_server.core import errors
-from mnist_serving_server.core.errors import NotReadyError, ServingError
-from mnist_serving_server.core.registry import IndexEntry, ModelRegistry, ModelState
+from mnist_serving_server.core.errors import ModelNotFoundError, ServingError
+from mnist_serving_server.core.registry import IndexEntry, ModelRegistry
 from mnist_serving_server.core.replicas import StatisticsRecord
 from mnist_serving_server.core.triton_records import statistics_record
+from mnist_serving_server.peer_messages import (
+    ChangeDone,
+    ChangeRequest,
+    ErrorReply,
+    IndexReply,
+    IndexRequest,
+    MalformedMessageError,
+    Operation,
+    PeerFailedError,
+    PeerReply,
+    PeerRequest,
+    PeerUnreachableError,
+    ReplyT,
+    StatisticsReply,
+    StatisticsRequest,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    operation_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,24 +62,6 @@ LINE_LIMIT_BYTES: Final = 64 * 1024 * 1024
 CONNECT_RETRY_S: Final = 0.05
 LEADER_INDEX: Final = 0
 FORWARD_TIMEOUT_FACTOR: Final = 2.0
-
-# The errors a peer may answer with, by kind (never by message text).
-_ERROR_KINDS: Final[dict[str, type[ServingError]]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.InvalidInputError,
-        errors.ModelNotFoundError,
-        errors.FailedPreconditionError,
-        errors.QueueFullError,
-        errors.NotReadyError,
-        errors.DeadlineExceededError,
-    )
-}
-_INTERNAL: Final = "internal"
-
-
-class PeerError(Exception):
-    """A peer failed unexpectedly (its log has the traceback); the caller answers INTERNAL."""
 
 
 @dataclass(frozen=True)
@@ -111,89 +114,97 @@ class PeerLink:
     # --- Replicas: what the dataplane calls ----------------------------------------------
 
     async def load(self, name: str) -> None:
-        await self._change("load", name)
+        await self._change(Operation.LOAD, name)
 
     async def unload(self, name: str) -> None:
-        await self._change("unload", name)
+        await self._change(Operation.UNLOAD, name)
 
     async def poll(self) -> None:
-        await self._change("poll", "")
+        await self._change(Operation.POLL, "")
 
     async def other_indexes(self) -> list[list[IndexEntry]]:
-        replies = await self._ask_others({"op": "index"})
-        return [[_index_entry(row) for row in reply] for reply in replies]
+        replies = await self._ask_others(IndexRequest(), IndexReply)
+        return [list(reply.entries) for reply in replies]
 
     async def other_statistics(self, name: str, version: str) -> list[list[StatisticsRecord]]:
-        replies = await self._ask_others({"op": "statistics", "name": name, "version": version})
-        return [list(reply) for reply in replies]
+        replies = await self._ask_others(StatisticsRequest(name, version), StatisticsReply)
+        return [list(reply.records) for reply in replies]
 
     # --- changes, ordered by the leader ----------------------------------------------------
 
-    async def _change(self, op: str, name: str) -> None:
+    async def _change(self, operation: Operation, name: str) -> None:
         if not self._group.leader:
             # The leader's own calls to the workers happen within this one.
-            forward = {"op": op, "name": name, "everywhere": True}
-            await self._call(LEADER_INDEX, forward, FORWARD_TIMEOUT_FACTOR)
+            forward = ChangeRequest(operation, name, everywhere=True)
+            await self._call(LEADER_INDEX, forward, ChangeDone, FORWARD_TIMEOUT_FACTOR)
             return
         async with self._change_lock:
-            request = {"op": op, "name": name}
-            others = [self._call(peer, request) for peer in self._others()]
+            request = ChangeRequest(operation, name)
+            others = [self._call(peer, request, ChangeDone) for peer in self._others()]
             outcomes = await asyncio.gather(
-                self._apply_locally(op, name), *others, return_exceptions=True
+                self._apply_locally(request), *others, return_exceptions=True
             )
         for outcome in outcomes:  # this worker's error first: it names the same problem
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    async def _apply_locally(self, op: str, name: str) -> None:
-        if op == "load":
-            await self._registry.load(name)
-        elif op == "unload":
-            await self._registry.unload(name)
-        elif op == "poll":
-            await self._registry.poll()
+    async def _apply_locally(self, request: ChangeRequest) -> ChangeDone:
+        if request.operation is Operation.LOAD:
+            await self._registry.load(request.name)
+        elif request.operation is Operation.UNLOAD:
+            await self._registry.unload(request.name)
         else:
-            raise PeerError(f"unknown change {op!r}")
+            await self._registry.poll()
+        return ChangeDone()
 
     # --- the client side -------------------------------------------------------------------
 
     def _others(self) -> list[int]:
         return [peer for peer in range(self._group.size) if peer != self._group.index]
 
-    async def _ask_others(self, request: dict[str, Any]) -> list[Any]:
-        return list(await asyncio.gather(*(self._call(peer, request) for peer in self._others())))
+    async def _ask_others(self, request: PeerRequest, expected: type[ReplyT]) -> list[ReplyT]:
+        calls = (self._call(peer, request, expected) for peer in self._others())
+        return list(await asyncio.gather(*calls))
 
-    async def _call(self, peer: int, request: dict[str, Any], timeout_factor: float = 1.0) -> Any:
-        """One request to worker `peer`; its answer, or its error raised here."""
+    async def _call(
+        self,
+        peer: int,
+        request: PeerRequest,
+        expected: type[ReplyT],
+        timeout_factor: float = 1.0,
+    ) -> ReplyT:
+        """One request to worker `peer`; its reply, or its error raised here."""
+        operation = operation_of(request).value
+        where = f"worker process {peer} of {self._group.size}"
         try:
             async with asyncio.timeout(self._group.call_timeout_s * timeout_factor):
                 reader, writer = await self._connect(peer)
                 try:
-                    writer.write(json.dumps(request).encode() + b"\n")
+                    writer.write(encode_request(request))
                     await writer.drain()
                     line = await reader.readline()
                 finally:
                     writer.close()
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
-        except (TimeoutError, OSError, ValueError) as exc:
-            raise NotReadyError(
-                f"worker process {peer} of {self._group.size} did not answer the "
-                f"{request['op']} request ({type(exc).__name__}); the server may be restarting"
+        except (TimeoutError, OSError, ValueError):
+            # The cause (errno, socket path) is for the log; the caller learns what to do.
+            logger.warning("%s did not answer the %s request", where, operation, exc_info=True)
+            raise PeerUnreachableError(
+                f"{where} did not answer the {operation} request; the server may be restarting"
             ) from None
         if not line:
-            raise NotReadyError(
-                f"worker process {peer} of {self._group.size} closed the connection during "
-                f"the {request['op']} request; the server may be restarting"
+            raise PeerUnreachableError(
+                f"{where} closed the connection during the {operation} request; the server "
+                "may be restarting"
             )
-        reply = json.loads(line)
-        if "error" in reply:
-            kind, message = reply["error"], reply.get("message", "")
-            cls = _ERROR_KINDS.get(kind)
-            if cls is None:
-                raise PeerError(f"worker process {peer} failed the {request['op']} request")
-            raise cls(message)
-        return reply["result"]
+        try:
+            reply = decode_reply(line, expected)
+        except MalformedMessageError as exc:
+            raise PeerFailedError(f"{where} answered the {operation} request with {exc}") from None
+        if isinstance(reply, ErrorReply):
+            raise reply.error(f"{where} failed the {operation} request (see its log)")
+        return reply
 
     async def _connect(self, peer: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect, waiting for a sibling that is still starting (within the caller's timeout)."""
@@ -212,15 +223,18 @@ class PeerLink:
             line = await reader.readline()
             if not line:
                 return
-            request = json.loads(line)
+            reply: PeerReply | ErrorReply
             try:
-                reply: dict[str, Any] = {"result": await self._answer(request)}
+                request = decode_request(line)
+                reply = await self._answer(request)
             except ServingError as exc:
-                reply = {"error": type(exc).__name__, "message": str(exc)}
+                if exc.status.grpc_code == "INTERNAL":  # not meant for the caller: log it
+                    logger.error("a peer request failed: %s", exc, extra={"request": line})
+                reply = ErrorReply.of(exc)
             except Exception:
-                logger.exception("a peer request failed", extra={"request": request})
-                reply = {"error": _INTERNAL}
-            writer.write(json.dumps(reply).encode() + b"\n")
+                logger.exception("a peer request failed", extra={"request": line})
+                reply = ErrorReply.of(PeerFailedError())
+            writer.write(encode_reply(reply))
             await writer.drain()
         except (OSError, ValueError):
             logger.warning(
@@ -231,34 +245,16 @@ class PeerLink:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def _answer(self, request: dict[str, Any]) -> Any:
-        op = request.get("op")
-        name = str(request.get("name", ""))
-        if op in ("load", "unload", "poll"):
-            if request.get("everywhere"):
-                await self._change(op, name)  # a sibling forwarded a caller's change to us
-            else:
-                await self._apply_locally(op, name)
-            return None
-        if op == "index":
-            return [_index_row(entry) for entry in self._registry.index()]
-        if op == "statistics":
-            try:
-                served = self._registry.served_versions(name, str(request.get("version", "")))
-            except errors.ModelNotFoundError:
-                return []  # the caller's own lookup decides what is not found
-            return [statistics_record(version) for version in served]
-        raise PeerError(f"unknown peer request {op!r}")
-
-
-def _index_row(entry: IndexEntry) -> dict[str, str]:
-    return {
-        "name": entry.name,
-        "version": entry.version,
-        "state": entry.state.value,
-        "reason": entry.reason,
-    }
-
-
-def _index_entry(row: dict[str, str]) -> IndexEntry:
-    return IndexEntry(row["name"], row["version"], ModelState(row["state"]), row["reason"])
+    async def _answer(self, request: PeerRequest) -> PeerReply:
+        if isinstance(request, ChangeRequest):
+            if request.everywhere:
+                await self._change(request.operation, request.name)  # a sibling forwarded it
+                return ChangeDone()
+            return await self._apply_locally(request)
+        if isinstance(request, IndexRequest):
+            return IndexReply(tuple(self._registry.index()))
+        try:
+            served = self._registry.served_versions(request.name, request.version)
+        except ModelNotFoundError:
+            return StatisticsReply(())  # the caller's own lookup decides what is not found
+        return StatisticsReply(tuple(statistics_record(version) for version in served))

@@ -53,7 +53,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, multiprocess
 
 from mnist_serving_server import event_loop
-from mnist_serving_server.app import ServerStartError, serve, write_ready_file
+from mnist_serving_server.app import STOP_SIGNALS, ServerStartError, serve, write_ready_file
 from mnist_serving_server.config import HTTP_OFF, METRICS_OFF, ServerConfig
 from mnist_serving_server.core.cores import available_cores
 from mnist_serving_server.core.errors import ModelLoadError
@@ -66,7 +66,6 @@ logger = logging.getLogger(__name__)
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 START_METHOD: Final = "spawn"  # fresh interpreters: no forked gRPC or ONNX Runtime threads
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # How often the parent looks at the workers' ready files while they start.
 READY_POLL_S = 0.05
 # Supervision wakes at least this often to notice a stop signal.

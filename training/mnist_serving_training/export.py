@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -213,7 +212,3 @@ def check_export_parity(
             f"{result.argmax_mismatches} predicted classes differ"
         )
     return result
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

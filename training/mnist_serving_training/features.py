@@ -19,6 +19,7 @@ import onnx
 import onnx.utils
 import torch
 
+from mnist_serving_server.core.runtime import file_sha256
 from mnist_serving_training.export import (
     METADATA_DATASET,
     METADATA_NORMALIZATION,
@@ -28,7 +29,6 @@ from mnist_serving_training.export import (
     PARITY_TOLERANCE,
     ExportParityError,
     ParityResult,
-    file_sha256,
     set_metadata,
 )
 from mnist_serving_training.inference import INPUT_NAME, create_session

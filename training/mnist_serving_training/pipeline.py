@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnist_serving_server.core.runtime import file_sha256
 from mnist_serving_training.data import DatasetSplit, load_dataset
 from mnist_serving_training.export import (
     build_metadata,
     check_export_parity,
     export_onnx,
-    file_sha256,
     producer_versions,
 )
 from mnist_serving_training.report import (

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from mnist_serving_server.core.runtime import file_sha256
 from mnist_serving_training.data import DatasetSplit
-from mnist_serving_training.export import file_sha256, set_metadata
+from mnist_serving_training.export import set_metadata
 from mnist_serving_training.inference import (
     INPUT_NAME,
     METADATA_DISABLED_OPTIMIZERS,

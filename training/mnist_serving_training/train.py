@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mnist_serving_server.core.cores import available_cores
 from mnist_serving_training.data import DatasetSplit
 from mnist_serving_training.defaults import (
     DEFAULT_BATCH_SIZE,
@@ -59,14 +59,6 @@ class TrainResult:
     model: MnistCnn
     history: list[EpochResult] = field(default_factory=list)
     threads: int = 1
-
-
-def available_cores() -> int:
-    """The cores this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def configure_determinism(seed: int, threads: int) -> None:

@@ -7,19 +7,31 @@ additions to the version's statistics.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable, Sequence
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
+from mnist_serving_server.core.classifier import ClassifierContract
 from mnist_serving_server.core.errors import (
     FailedPreconditionError,
     ModelNotFoundError,
     NotReadyError,
 )
+from mnist_serving_server.core.inference import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestLimits,
+    decode_input,
+    encode_outputs,
+    queue_timeout_s,
+    select_outputs,
+)
 from mnist_serving_server.core.model_config import ModelConfig
 from mnist_serving_server.core.registry import (
-    ClassifierContract,
     IndexEntry,
     ModelRegistry,
     ModelState,
@@ -32,9 +44,78 @@ from mnist_serving_server.core.replicas import (
     merge_indexes,
     merge_statistics,
 )
+from mnist_serving_server.core.tensors import RequestedOutput
 from mnist_serving_server.core.triton_records import statistics_record
 
 NOT_READY_MESSAGE = "the server is not ready: warming up or shutting down"
+
+
+class PendingCall:
+    """A call queued by `DataPlane.begin`: its future carries the model's outputs."""
+
+    __slots__ = ("began", "future", "request", "requested", "served")
+
+    def __init__(
+        self,
+        served: ServedVersion,
+        request: InferenceRequest,
+        requested: tuple[RequestedOutput, ...] | None,
+        future: asyncio.Future[dict[str, np.ndarray]],
+        began: float,
+    ) -> None:
+        self.served = served
+        self.request = request
+        self.requested = requested
+        self.future = future
+        self.began = began
+
+    def answer(self, computed: dict[str, np.ndarray]) -> InferenceResponse:
+        """The response from the outputs the batcher computed (its success counted)."""
+        served = self.served
+        served.statistics.success.add(time.perf_counter() - self.began)
+        info = served.info
+        outputs = encode_outputs(computed, self.requested, info.labels)
+        return InferenceResponse(info.name, info.version, self.request.id, outputs)
+
+    def failed(self) -> None:
+        """Count the call as failed (its error goes to the caller as it is)."""
+        self.served.statistics.fail.add(time.perf_counter() - self.began)
+
+
+def _enqueue(
+    served: ServedVersion, array: np.ndarray, deadline: float | None
+) -> tuple[asyncio.Future[dict[str, np.ndarray]], float]:
+    """Queue `array` in the version's batcher: its future and when it was queued (the
+    statistics' clock); a refusal (queue full, stopped) is counted as a failure."""
+    began = time.perf_counter()
+    try:
+        return served.batcher.enqueue(array, deadline=deadline), began
+    except BaseException:
+        served.statistics.fail.add(time.perf_counter() - began)
+        raise
+
+
+def _settle(
+    call: PendingCall, index: int, done: Callable[[int, InferenceResponse | BaseException], None]
+) -> Callable[[asyncio.Future[Any]], None]:
+    def settle(future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            call.failed()
+            done(index, asyncio.CancelledError())
+            return
+        error = future.exception()
+        if error is not None:
+            call.failed()
+            done(index, error)
+            return
+        try:
+            response = call.answer(future.result())
+        except Exception as exc:  # an output with no V2 encoding: a bug, answered INTERNAL
+            done(index, exc)
+            return
+        done(index, response)
+
+    return settle
 
 
 class ModelControlMode(StrEnum):
@@ -111,21 +192,74 @@ class DataPlane:
         self, served: ServedVersion, inputs: np.ndarray, *, deadline: float | None
     ) -> dict[str, np.ndarray]:
         """Every output of `served` for `inputs` ([n, ...]); `deadline` is time.monotonic().
+        The Classify API's entry: its images are already the model's array.
 
         Call it right after `model()` / `classifier()`, with no await in between (the
         registry's swap relies on it; see registry.py).
         """
         if not self._ready:
             raise NotReadyError(NOT_READY_MESSAGE)
-        statistics = served.statistics
-        started = time.perf_counter()
+        future, began = _enqueue(served, inputs, deadline)
         try:
-            outputs = await served.batcher.submit(inputs, deadline=deadline)
+            outputs = await future
         except BaseException:
-            statistics.fail.add(time.perf_counter() - started)
+            served.statistics.fail.add(time.perf_counter() - began)
             raise
-        statistics.success.add(time.perf_counter() - started)
+        served.statistics.success.add(time.perf_counter() - began)
         return outputs
+
+    # --- the inference entry points: one call, or many in one step ---------------------------
+
+    def begin(self, request: InferenceRequest, limits: RequestLimits) -> PendingCall:
+        """Resolve the version, check and convert the input, and queue it, all with no await
+        in between (the registry's hot swap relies on it: registry.py). Raises the request's
+        ServingError at once; the call's outputs then arrive through `PendingCall`."""
+        if not self._ready:
+            raise NotReadyError(NOT_READY_MESSAGE)
+        served = self.registry.resolve(request.model, request.version)
+        request.resolved_model = served.name
+        request.resolved_version = served.version
+        if request.invalid is not None:
+            raise request.invalid
+        requested = select_outputs(request, served.output_names)
+        array = decode_input(request.input, served.info.inputs[0], limits)
+        started = time.monotonic()
+        timeout_s = queue_timeout_s(request)
+        deadline = request.deadline
+        if timeout_s is not None and (deadline is None or started + timeout_s < deadline):
+            deadline = started + timeout_s
+        future, began = _enqueue(served, array, deadline)
+        return PendingCall(served, request, requested, future, began)
+
+    async def infer_request(
+        self, request: InferenceRequest, limits: RequestLimits
+    ) -> InferenceResponse:
+        """One call through its model's batcher: the outputs in wire form, or its error."""
+        call = self.begin(request, limits)
+        try:
+            computed = await call.future
+        except BaseException:
+            call.failed()
+            raise
+        return call.answer(computed)
+
+    def infer_batch(
+        self,
+        requests: Sequence[InferenceRequest],
+        limits: RequestLimits,
+        done: Callable[[int, InferenceResponse | BaseException], None],
+    ) -> None:
+        """Many calls in one step, no coroutine per call: `done(i, result)` is called exactly
+        once for each requests[i], with its response or its error: at once for a call that
+        is refused (bad input, unknown model, queue full), else when its batch has run.
+        Call it on the event loop's thread; `done` runs there too and must not raise."""
+        for index, request in enumerate(requests):
+            try:
+                call = self.begin(request, limits)
+            except Exception as exc:
+                done(index, exc)
+                continue
+            call.future.add_done_callback(_settle(call, index, done))
 
     # --- the repository extension (for the whole server, every worker process) ----------
 

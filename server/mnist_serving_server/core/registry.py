@@ -1,12 +1,13 @@
 """The model repository while serving: which model versions answer, and changing them.
 
-Each served version has its own ONNX Runtime session and its own DynamicBatcher. A load
-reads the model's folder, loads the versions its policy wants that are new or changed
-**first** (session, contract check, warm-up, batcher), then swaps them in with one
-assignment, then retires the versions no longer wanted: each finishes what its queue
-already accepted before its batcher stops and its session is dropped. A failed load
-keeps the old versions serving and reports why. Loads and unloads of one model are
-serialised by a per-model lock; different models load independently.
+Each served version has its own ONNX Runtime session and its own DynamicBatcher, built by
+a VersionFactory (core/version_factory.py). A load reads the model's folder, loads the
+versions its policy wants that are new or changed **first** (session, contract check,
+warm-up, batcher), then swaps them in with one assignment, then retires the versions no
+longer wanted: each finishes what its queue already accepted before its batcher stops and
+its session is dropped. A failed load keeps the old versions serving and reports why.
+Loads and unloads of one model are serialised by a per-model lock; different models load
+independently.
 
 The swap is safe without per-request bookkeeping because transports resolve a version
 and submit to its batcher in one synchronous step (no await in between): once the swap
@@ -20,40 +21,38 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-from mnist_serving_server.core.batcher import BatcherObserver, DynamicBatcher
+from mnist_serving_server.core.batcher import DynamicBatcher
+from mnist_serving_server.core.classifier import classifier_contract
 from mnist_serving_server.core.errors import (
     FailedPreconditionError,
     ModelLoadError,
     ModelNotFoundError,
 )
-from mnist_serving_server.core.model_config import (
-    CONFIG_FILE_NAME,
-    ModelConfig,
-    TensorConfig,
-    read_model_config,
-)
+from mnist_serving_server.core.model_config import CONFIG_FILE_NAME, ModelConfig, read_model_config
 from mnist_serving_server.core.repository import (
     MODEL_FILE_NAME,
     is_version_name,
     list_versions,
     model_names,
 )
-from mnist_serving_server.core.runtime import DYNAMIC_DIM, ModelInfo, ModelRuntime, TensorSpec
-from mnist_serving_server.core.statistics import StatisticsObserver, VersionStatistics
+from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
+from mnist_serving_server.core.statistics import VersionStatistics
+from mnist_serving_server.core.version_factory import (
+    ObserverFactory,
+    OnnxVersionFactory,
+    VersionFactory,
+)
 
 logger = logging.getLogger(__name__)
 
 PREFERRED_DEFAULT_MODEL: Final = "mnist"
 """The model an empty model name means when the repository holds several and none is set."""
-PROBABILITIES_OUTPUT: Final = "probabilities"
-"""The output an image classifier must have for the Classify API."""
-CLASSIFIER_INPUT_DATATYPE: Final = "UINT8"
 UNLOADED_REASON: Final = "unloaded"
 DEFAULT_LOAD_TIMEOUT_S: Final = 120.0
 """How long one version's load (session creation and warm-up) may take before it fails."""
@@ -80,15 +79,6 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
-class ClassifierContract:
-    """How the Classify API feeds an image classifier."""
-
-    image_shape: tuple[int, ...]
-    """One image as the model takes it, e.g. (1, 28, 28) or (28, 28)."""
-    num_classes: int
-
-
-@dataclass(frozen=True)
 class RegistryOptions:
     """The server-wide defaults a model's config.pbtxt may override."""
 
@@ -111,7 +101,6 @@ class RegistryOptions:
 
 # (model, version, state, info or None) -> None: metrics follow the states.
 StateListener = Callable[[str, str, ModelState, ModelInfo | None], None]
-ObserverFactory = Callable[[ModelInfo], BatcherObserver]
 
 
 class ServedVersion:
@@ -148,6 +137,7 @@ class ServedVersion:
         self.name = runtime.info.name
         self.version = runtime.info.version
         self.output_names = tuple(spec.name for spec in runtime.info.outputs)
+        # Computed once here, so that a Classify request pays nothing for it (core/classifier.py).
         self.classifier, self.classifier_problem = classifier_contract(runtime.info)
 
     @property
@@ -169,9 +159,30 @@ class _Model:
         self.fingerprint: object = None
         self.lock = asyncio.Lock()
 
+    def index_entries(self) -> list[IndexEntry]:
+        """Its rows of the repository index: served versions, failed ones, or the model."""
+        entries: list[IndexEntry] = []
+        for version in sorted(self.versions, key=int):
+            ready = self.versions[version].ready
+            state = ModelState.READY if ready else ModelState.UNAVAILABLE
+            entries.append(
+                IndexEntry(self.name, version, state, "" if ready else "batch loop stopped")
+            )
+        for version, reason in sorted(self.failed_versions.items()):
+            if version not in self.versions:
+                entries.append(IndexEntry(self.name, version, ModelState.UNAVAILABLE, reason))
+        if not self.versions and not self.failed_versions:
+            state = ModelState.LOADING if self.loading else ModelState.UNAVAILABLE
+            entries.append(IndexEntry(self.name, "", state, "" if self.loading else self.reason))
+        return entries
+
 
 class ModelRegistry:
-    """Every model of one repository folder; `resolve` is the per-request lookup."""
+    """Every model of one repository folder; `resolve` is the per-request lookup.
+
+    `factory` builds each version's parts; by default ONNX Runtime sessions behind
+    DynamicBatchers as `options` say, their batches reported to `observer_for`'s observer.
+    """
 
     def __init__(
         self,
@@ -180,11 +191,20 @@ class ModelRegistry:
         *,
         observer_for: ObserverFactory | None = None,
         on_state: StateListener | None = None,
+        factory: VersionFactory | None = None,
     ) -> None:
         self.repository = repository
         self._options = options
-        self._observer_for = observer_for
-        self._on_state = on_state
+        if factory is None:
+            factory = OnnxVersionFactory(
+                provider=options.provider,
+                intra_op_threads=options.intra_op_threads,
+                max_queue_size=options.max_queue_size,
+                load_timeout_s=options.load_timeout_s,
+                batch_latency_target_s=options.batch_latency_target_s,
+                observer_for=observer_for,
+            )
+        self._loader = _VersionLoader(repository, options, factory, on_state)
         self._models: dict[str, _Model] = {}
         self._default = ""
         self._stopping = False
@@ -193,32 +213,7 @@ class ModelRegistry:
 
     def resolve_default_model(self) -> str:
         """Pick the default model from the folders present; ModelLoadError when ambiguous."""
-        names = model_names(self.repository)
-        if not names:
-            raise ModelLoadError(
-                f"no models in the repository {self.repository}: expected "
-                f"{self.repository}/<model>/<version>/{MODEL_FILE_NAME} "
-                "(run `make train-export` to create one)"
-            )
-        wanted = self._options.default_model
-        if wanted is not None:
-            if wanted not in names:
-                raise ModelLoadError(
-                    f"default model {wanted!r} is not in the repository {self.repository} "
-                    f"(models there: {', '.join(names)})"
-                )
-            self._default = wanted
-        elif PREFERRED_DEFAULT_MODEL in names:
-            self._default = PREFERRED_DEFAULT_MODEL
-        elif len(names) == 1:
-            self._default = names[0]
-        else:
-            raise ModelLoadError(
-                f"the repository {self.repository} holds {len(names)} models "
-                f"({', '.join(names)}) and none is named {PREFERRED_DEFAULT_MODEL!r}: set "
-                "--default-model (MNIST_SERVING_DEFAULT_MODEL) to the one a request without "
-                "a model name means"
-            )
+        self._default = choose_default_model(self.repository, self._options.default_model)
         return self._default
 
     @property
@@ -263,7 +258,7 @@ class ModelRegistry:
         """Built only for the error: names what is served instead."""
         model = self._models.get(name)
         if model is None or not model.versions:
-            if name in self._loadable_names():
+            if name in model_names(self.repository):
                 reason = UNLOADED_REASON if model is None else model.reason
                 return ModelNotFoundError(f"model {name!r} is not loaded ({reason})")
             served = ", ".join(sorted(n for n, m in self._models.items() if m.versions))
@@ -307,23 +302,12 @@ class ModelRegistry:
     def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
         """Every model of the repository folder (and any still served), by name and version."""
         entries: list[IndexEntry] = []
-        for name in sorted(set(self._loadable_names()) | set(self._models)):
+        for name in sorted(set(model_names(self.repository)) | set(self._models)):
             model = self._models.get(name)
             if model is None:
                 entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, UNLOADED_REASON))
-                continue
-            for version in sorted(model.versions, key=int):
-                state = (
-                    ModelState.READY if model.versions[version].ready else ModelState.UNAVAILABLE
-                )
-                reason = "" if state is ModelState.READY else "batch loop stopped"
-                entries.append(IndexEntry(name, version, state, reason))
-            for version, reason in sorted(model.failed_versions.items()):
-                if version not in model.versions:
-                    entries.append(IndexEntry(name, version, ModelState.UNAVAILABLE, reason))
-            if not model.versions and not model.failed_versions:
-                state = ModelState.LOADING if model.loading else ModelState.UNAVAILABLE
-                entries.append(IndexEntry(name, "", state, "" if model.loading else model.reason))
+            else:
+                entries.extend(model.index_entries())
         if ready_only:
             entries = [entry for entry in entries if entry.state is ModelState.READY]
         return entries
@@ -349,7 +333,7 @@ class ModelRegistry:
         """Stop serving `name`: its versions finish what they accepted, then stop."""
         model = self._models.get(name)
         if model is None:
-            if name in self._loadable_names():
+            if name in model_names(self.repository):
                 return  # in the repository but not loaded: nothing to do
             raise ModelNotFoundError(f"model {name!r} is not in the repository")
         async with model.lock:
@@ -360,79 +344,41 @@ class ModelRegistry:
             model.reason = UNLOADED_REASON
             model.fingerprint = None
             for served in retired:
-                await self._retire(served)
+                await self._loader.retire(served)
             logger.info("model unloaded: %s", name)
 
     async def poll(self) -> None:
         """Apply what changed in the repository folder since the last look (poll mode)."""
-        present = set(self._loadable_names())
+        present = set(model_names(self.repository))
         for name in sorted(present):
             model = self._models.get(name)
-            if model is not None and model.fingerprint == self._fingerprint(name):
+            if model is not None and model.fingerprint == folder_fingerprint(self.repository, name):
                 continue
             with contextlib.suppress(FailedPreconditionError, ModelNotFoundError):
                 await self.load(name)  # a failure is logged and shown in the index
         for name in sorted(set(self._models) - present):
             await self.unload(name)
-            if name not in self._loadable_names():  # still gone: forget it entirely
+            if name not in model_names(self.repository):  # still gone: forget it entirely
                 self._models.pop(name, None)
 
     # --- internals -------------------------------------------------------------------------
 
-    def _loadable_names(self) -> list[str]:
-        return model_names(self.repository)
-
-    def _fingerprint(self, name: str) -> object:
-        """Cheap identity of a model folder: config text and each version file's stat."""
-        model_dir = self.repository / name
-        try:
-            config_text = (model_dir / CONFIG_FILE_NAME).read_bytes()
-        except OSError:
-            config_text = b""
-        return (
-            config_text,
-            tuple(
-                (version, _file_key(model_dir / str(version) / MODEL_FILE_NAME))
-                for version in list_versions(self.repository, name)
-            ),
-        )
-
     async def _reload(self, model: _Model) -> None:
         if self._stopping:
             raise FailedPreconditionError("the server is shutting down")
-        name = model.name
-        model.fingerprint = self._fingerprint(name)
+        model.fingerprint = folder_fingerprint(self.repository, model.name)
         model.loading = True
         try:
-            fresh: list[ServedVersion] = []
-            chosen: dict[str, ServedVersion] = {}
-            try:
-                wanted, config = self._wanted_versions(model)
-                for version in wanted:
-                    path = self.repository / name / str(version) / MODEL_FILE_NAME
-                    current = model.versions.get(str(version))
-                    key = _file_key(path)
-                    if current is not None and current.file_key == key and current.config == config:
-                        chosen[str(version)] = current
-                        continue
-                    self._notify(name, str(version), ModelState.LOADING, None)
-                    try:
-                        served = await self._load_version(path, name, version, config, key)
-                    except ModelLoadError as exc:
-                        model.failed_versions = {str(version): str(exc)}
-                        raise
-                    fresh.append(served)
-                    chosen[str(version)] = served
-            except ModelLoadError as exc:
-                for served in fresh:
-                    await served.batcher.stop()
-                if not model.versions:
-                    model.reason = str(exc)
-                keeps = " (the versions already served keep serving)" if model.versions else ""
-                logger.error("model %s failed to load%s: %s", name, keeps, exc)
-                raise FailedPreconditionError(
-                    f"failed to load model {name!r}{keeps}: {exc}"
-                ) from None
+            config = self._loader.read_config(model.name)
+            fresh, chosen = await self._loader.load_wanted(model, config)
+        except ModelLoadError as exc:
+            keeps = " (the versions already served keep serving)" if model.versions else ""
+            if not model.versions:
+                model.reason = str(exc)
+            logger.error("model %s failed to load%s: %s", model.name, keeps, exc)
+            raise FailedPreconditionError(
+                f"failed to load model {model.name!r}{keeps}: {exc}"
+            ) from None
         finally:
             model.loading = False
         retired = [s for v, s in model.versions.items() if chosen.get(v) is not s]
@@ -443,24 +389,53 @@ class ModelRegistry:
         model.failed_versions = {}
         model.reason = ""
         for served in fresh:
-            self._notify(name, served.version, ModelState.READY, served.info)
+            self._loader.notify(model.name, served.version, ModelState.READY, served.info)
         logger.info(
             "model ready: %s versions %s (policy %s)",
-            name,
+            model.name,
             ", ".join(sorted(chosen, key=int)),
             config.version_policy.describe(),
         )
         for served in retired:
-            await self._retire(served)
+            await self._loader.retire(served)
 
-    def _wanted_versions(self, model: _Model) -> tuple[tuple[int, ...], ModelConfig]:
+
+class _VersionLoader:
+    """Builds the versions a (re)load wants and retires the ones it no longer wants.
+
+    What happens to the versions, not when: ModelRegistry decides that, under the model's
+    lock. Every state change goes to the state listener.
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        options: RegistryOptions,
+        factory: VersionFactory,
+        on_state: StateListener | None,
+    ) -> None:
+        self._repository = repository
+        self._options = options
+        self._factory = factory
+        self._on_state = on_state
+
+    def read_config(self, name: str) -> ModelConfig:
+        """The model's config.pbtxt, the server-wide defaults filling what it leaves out."""
         options = self._options
-        config = read_model_config(
-            self.repository / model.name,
+        return read_model_config(
+            self._repository / name,
             default_max_batch_size=options.max_batch_size,
             default_max_queue_delay_s=options.max_queue_delay_s,
         )
-        available = list_versions(self.repository, model.name)
+
+    async def load_wanted(
+        self, model: _Model, config: ModelConfig
+    ) -> tuple[list[ServedVersion], dict[str, ServedVersion]]:
+        """The versions the policy wants (the new or changed ones loaded), and those new.
+
+        On ModelLoadError the new ones are stopped again; nothing is swapped in.
+        """
+        available = list_versions(self._repository, model.name)
         wanted = config.version_policy.select(available)
         if not wanted:
             raise ModelLoadError(
@@ -468,45 +443,41 @@ class ModelRegistry:
                 f"{available or 'none'} holding {MODEL_FILE_NAME}, policy "
                 f"{config.version_policy.describe()}"
             )
-        return wanted, config
+        fresh: list[ServedVersion] = []
+        chosen: dict[str, ServedVersion] = {}
+        try:
+            for version in map(str, wanted):
+                path = self._repository / model.name / version / MODEL_FILE_NAME
+                current, key = model.versions.get(version), _file_key(path)
+                if current is not None and current.file_key == key and current.config == config:
+                    chosen[version] = current
+                    continue
+                self.notify(model.name, version, ModelState.LOADING, None)
+                try:
+                    served = await self._load_version(path, model.name, version, config, key)
+                except ModelLoadError as exc:
+                    model.failed_versions = {version: str(exc)}
+                    raise
+                fresh.append(served)
+                chosen[version] = served
+        except ModelLoadError:
+            for served in fresh:
+                await served.batcher.stop()
+            raise
+        return fresh, chosen
 
     async def _load_version(
-        self, path: Path, name: str, version: int, config: ModelConfig, key: tuple[int, ...]
+        self, path: Path, name: str, version: str, config: ModelConfig, key: tuple[int, ...]
     ) -> ServedVersion:
-        options = self._options
-        try:
-            async with asyncio.timeout(options.load_timeout_s):
-                runtime = await asyncio.to_thread(
-                    ModelRuntime.load,
-                    path,
-                    name=name,
-                    version=str(version),
-                    provider=options.provider,
-                    intra_op_threads=options.intra_op_threads,
-                )
-                check_contract(runtime.info, config)
-                await asyncio.to_thread(runtime.warm_up, config.max_batch_size)
-        except TimeoutError:
-            raise ModelLoadError(
-                f"{path}: loading did not finish within {options.load_timeout_s:g} s "
-                "(--model-load-timeout-s); abandoned"
-            ) from None
-        statistics = VersionStatistics()
-        forward = None if self._observer_for is None else self._observer_for(runtime.info)
-        batcher = DynamicBatcher(
-            runtime.run,
-            max_batch_size=config.max_batch_size,
-            max_queue_delay_s=config.max_queue_delay_s,
-            max_queue_size=options.max_queue_size,
-            latency_target_s=options.batch_latency_target_s,
-            observer=StatisticsObserver(statistics, forward),
-            on_failure=lambda exc: self._batcher_failed(name, str(version), exc),
-        )
-        await batcher.start()
-        return ServedVersion(runtime, batcher, config, statistics, key)
+        def failed(exc: BaseException) -> None:
+            self._batcher_failed(name, version, exc)
 
-    async def _retire(self, served: ServedVersion) -> None:
-        self._notify(served.name, served.version, ModelState.UNLOADING, served.info)
+        parts = await self._factory.build(path, name, version, config, on_failure=failed)
+        return ServedVersion(parts.runtime, parts.batcher, config, parts.statistics, key)
+
+    async def retire(self, served: ServedVersion) -> None:
+        """Let `served` finish what it accepted (within the retire timeout), then stop it."""
+        self.notify(served.name, served.version, ModelState.UNLOADING, served.info)
         if not await served.batcher.drain(self._options.retire_timeout_s):
             logger.warning(
                 "model %s version %s: in-flight work did not finish within %.1f s of retiring",
@@ -515,19 +486,65 @@ class ModelRegistry:
                 self._options.retire_timeout_s,
             )
         await served.batcher.stop()
-        self._notify(served.name, served.version, ModelState.UNAVAILABLE, served.info)
+        self.notify(served.name, served.version, ModelState.UNAVAILABLE, served.info)
         logger.info("model version retired: %s version %s", served.name, served.version)
 
-    def _batcher_failed(self, name: str, version: str, exc: BaseException) -> None:
-        logger.error("model %s version %s: batch loop died", name, version, exc_info=exc)
-        self._notify(name, version, ModelState.UNAVAILABLE, None)
-
-    def _notify(self, name: str, version: str, state: ModelState, info: ModelInfo | None) -> None:
+    def notify(self, name: str, version: str, state: ModelState, info: ModelInfo | None) -> None:
+        """Tell the state listener; its failure is logged, never raised into a load."""
         if self._on_state is not None:
             try:
                 self._on_state(name, version, state, info)
             except Exception:
                 logger.exception("model state listener failed")
+
+    def _batcher_failed(self, name: str, version: str, exc: BaseException) -> None:
+        logger.error("model %s version %s: batch loop died", name, version, exc_info=exc)
+        self.notify(name, version, ModelState.UNAVAILABLE, None)
+
+
+def choose_default_model(repository: Path, wanted: str | None) -> str:
+    """The model an empty model name means: `wanted` if set, else `mnist` when present, else
+    the only model; ModelLoadError when there is none or the choice is ambiguous."""
+    names = model_names(repository)
+    if not names:
+        raise ModelLoadError(
+            f"no models in the repository {repository}: expected "
+            f"{repository}/<model>/<version>/{MODEL_FILE_NAME} "
+            "(run `make train-export` to create one)"
+        )
+    if wanted is not None:
+        if wanted not in names:
+            raise ModelLoadError(
+                f"default model {wanted!r} is not in the repository {repository} "
+                f"(models there: {', '.join(names)})"
+            )
+        return wanted
+    if PREFERRED_DEFAULT_MODEL in names:
+        return PREFERRED_DEFAULT_MODEL
+    if len(names) == 1:
+        return names[0]
+    raise ModelLoadError(
+        f"the repository {repository} holds {len(names)} models "
+        f"({', '.join(names)}) and none is named {PREFERRED_DEFAULT_MODEL!r}: set "
+        "--default-model (MNIST_SERVING_DEFAULT_MODEL) to the one a request without "
+        "a model name means"
+    )
+
+
+def folder_fingerprint(repository: Path, name: str) -> object:
+    """Cheap identity of a model folder: config text and each version file's stat."""
+    model_dir = repository / name
+    try:
+        config_text = (model_dir / CONFIG_FILE_NAME).read_bytes()
+    except OSError:
+        config_text = b""
+    return (
+        config_text,
+        tuple(
+            (version, _file_key(model_dir / str(version) / MODEL_FILE_NAME))
+            for version in list_versions(repository, name)
+        ),
+    )
 
 
 def is_model_name(name: str) -> bool:
@@ -542,68 +559,3 @@ def _file_key(path: Path) -> tuple[int, ...]:
     except OSError:
         return ()
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-def check_contract(info: ModelInfo, config: ModelConfig) -> None:
-    """ModelLoadError unless the batcher can serve the graph as config.pbtxt describes it."""
-    for spec in (*info.inputs, *info.outputs):
-        if not spec.shape or spec.shape[0] != DYNAMIC_DIM:
-            raise ModelLoadError(
-                f"{info.path}: tensor {spec.name!r} has shape {list(spec.shape)}; the server "
-                "batches requests, so its first dimension must be a dynamic batch dimension"
-            )
-    for declared, actual, kind in (
-        (config.inputs, info.inputs, "input"),
-        (config.outputs, info.outputs, "output"),
-    ):
-        if declared is not None:
-            _check_declared(declared, actual, kind, info)
-
-
-def _check_declared(
-    declared: Iterable[TensorConfig], actual: tuple[TensorSpec, ...], kind: str, info: ModelInfo
-) -> None:
-    by_name = {spec.name: spec for spec in actual}
-    for tensor in declared:
-        spec = by_name.get(tensor.name)
-        if spec is None:
-            raise ModelLoadError(
-                f"{CONFIG_FILE_NAME} of {info.name!r} declares {kind} {tensor.name!r}, which the "
-                f"graph does not have (its {kind}s: {', '.join(by_name)})"
-            )
-        graph_dims = spec.shape[1:]
-        dims_match = len(graph_dims) == len(tensor.dims) and all(
-            d in (DYNAMIC_DIM, g) or g == DYNAMIC_DIM
-            for d, g in zip(tensor.dims, graph_dims, strict=True)
-        )
-        if tensor.datatype != spec.datatype or not dims_match:
-            raise ModelLoadError(
-                f"{CONFIG_FILE_NAME} of {info.name!r}: {kind} {tensor.name!r} is declared "
-                f"{tensor.datatype} {list(tensor.dims)} but the graph has {spec.datatype} "
-                f"{list(graph_dims)} (dims exclude the batch dimension)"
-            )
-
-
-def classifier_contract(info: ModelInfo) -> tuple[ClassifierContract | None, str]:
-    """How Classify feeds this model, or None and why it cannot."""
-    spec = info.inputs[0]
-    image_shape = spec.shape[1:]
-    outputs = {output.name: output for output in info.outputs}
-    probabilities = outputs.get(PROBABILITIES_OUTPUT)
-    if spec.datatype != CLASSIFIER_INPUT_DATATYPE or len(image_shape) not in (2, 3):
-        return None, (
-            f"model {info.name!r} is not an image classifier for the Classify API: its input "
-            f"{spec.name!r} is {spec.datatype} {list(spec.shape)}, expected one UINT8 image "
-            "input [N,H,W] or [N,1,H,W]; use the KServe V2 API (ModelInfer) for it"
-        )
-    if DYNAMIC_DIM in image_shape or (len(image_shape) == 3 and image_shape[0] != 1):
-        return None, (
-            f"model {info.name!r}: the Classify API needs a fixed single-channel image size, "
-            f"the input is {list(spec.shape)}; use the KServe V2 API (ModelInfer) for it"
-        )
-    if probabilities is None or len(probabilities.shape) != 2 or probabilities.shape[1] < 1:
-        return None, (
-            f"model {info.name!r} has no {PROBABILITIES_OUTPUT!r} output [N, classes], which "
-            "the Classify API returns; use the KServe V2 API (ModelInfer) for it"
-        )
-    return ClassifierContract(image_shape=image_shape, num_classes=probabilities.shape[1]), ""

@@ -24,7 +24,12 @@ _TRANSITIONS = (ModelState.LOADING, ModelState.UNLOADING)
 
 
 class Replicas(Protocol):
-    """Every worker process of this server, this one included."""
+    """Every worker process of this server, this one included.
+
+    Each method raises the error kinds of `core.errors` only: a worker's own failure as
+    that worker raised it, a worker that cannot be reached as a NotReadyError (UNAVAILABLE:
+    the server is restarting), a worker that failed unexpectedly as an InternalError.
+    """
 
     async def load(self, name: str) -> None:
         """(Re)load `name` in every worker; returns once all have applied it."""

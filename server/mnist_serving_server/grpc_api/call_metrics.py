@@ -1,16 +1,20 @@
-"""Counting gRPC calls: one `RequestRecord` per RPC, counted exactly once with its code."""
+"""Counting gRPC calls: one `RequestRecord` per RPC, counted exactly once with its code.
+
+`answered_call` is the whole of it for a handler: counted, and every exception answered
+through `grpc_errors`, so the code counted is the code the caller gets.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import grpc
+from grpc import aio
 
-from mnist_serving_server.core.errors import ServingError
-from mnist_serving_server.grpc_api.grpc_errors import status_for
+from mnist_serving_server.grpc_api.grpc_errors import code_of, errors_answered
 from mnist_serving_server.metrics import REASON_NOT_READY, ServerMetrics
 
 PROTOCOL: Final = "grpc"
@@ -53,10 +57,8 @@ class RequestRecord:
         if exc is not None and self.code is None:
             if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
                 self.code = grpc.StatusCode.CANCELLED
-            elif isinstance(exc, ServingError):  # e.g. a stream item that did not parse
-                self.code, _ = status_for(exc)
-            else:
-                self.code = grpc.StatusCode.INTERNAL
+            else:  # e.g. a stream item that did not parse; INTERNAL for anything unexpected
+                self.code = code_of(exc)
         self.finish(self.code or grpc.StatusCode.OK)
 
     def finish(self, code: grpc.StatusCode) -> None:
@@ -87,3 +89,38 @@ def track_request(metrics: ServerMetrics, method: str) -> RequestRecord:
     exception INTERNAL. An UNAVAILABLE answer also counts a `not_ready` rejection.
     """
     return RequestRecord(metrics, method)
+
+
+class AnsweredCall:
+    """`async with answered_call(...) as record`: a RequestRecord, and any exception that
+    leaves the block answered through grpc_errors (counted with that code first)."""
+
+    __slots__ = ("_errors", "record")
+
+    def __init__(
+        self, metrics: ServerMetrics, method: str, context: aio.ServicerContext[Any, Any]
+    ) -> None:
+        self.record = RequestRecord(metrics, method)
+        self._errors = errors_answered(context, self.record)
+
+    async def __aenter__(self) -> RequestRecord:
+        return self.record.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            await self._errors.__aexit__(exc_type, exc, traceback)
+        finally:  # counted already when an error was answered; otherwise OK or CANCELLED
+            self.record.__exit__(exc_type, exc, traceback)
+
+
+def answered_call(
+    metrics: ServerMetrics, method: str, context: aio.ServicerContext[Any, Any]
+) -> AnsweredCall:
+    """One RPC counted as `method`, its errors answered with their mapped status (never
+    grpc.aio's UNKNOWN); see track_request for what is counted when."""
+    return AnsweredCall(metrics, method, context)

@@ -16,9 +16,9 @@ import numpy.typing as npt
 from grpc import aio
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
+from mnist_serving_server.core.classifier import PROBABILITIES_OUTPUT, ClassifierContract
 from mnist_serving_server.core.dataplane import DataPlane
 from mnist_serving_server.core.errors import InvalidInputError
-from mnist_serving_server.core.registry import PROBABILITIES_OUTPUT, ClassifierContract
 from mnist_serving_server.core.tensors import encoded_image
 from mnist_serving_server.grpc_api.call_metrics import RequestRecord, track_request
 from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_code_number, status_for

@@ -4,13 +4,15 @@ gRPC's own `server.stop(grace)` cancels every call the transport has accepted bu
 server has not yet handed to a handler, and every stream that arrives before the client
 has read the GOAWAY: their callers see CANCELLED, which nobody retries and which does not
 say whether the work was done. Callers that ignore health keep sending such calls until the
-very end, so the app stops in this order (app.ServingApp.stop):
+very end, so the gRPC front stops in this order (grpc_api/front.py `GrpcFront.stop`, the
+phases of core/drain.py):
 
-1. `close()`: every new call is answered UNAVAILABLE ("shutting down", safe to retry),
-   but only later: its handler *holds* it (`refuse`). A caller waiting for its answer sends
-   nothing else, so the flow of new calls dries up.
+1. `close()`: every new call is answered UNAVAILABLE (core.drain.SHUTTING_DOWN, safe to
+   retry), but only later: its handler *holds* it (`refuse`). A caller waiting for its
+   answer sends nothing else, so the flow of new calls dries up.
 2. `wait_idle()`: the calls accepted before (the real work) finish.
-3. `wait_quiet()`: no new call has arrived for a while; nothing is left in transit.
+3. `core.drain.wait_quiet(gate.last_arrival, ...)`: no new call has arrived for a while;
+   nothing is left in transit.
 4. `server.stop(grace)` starts: the GOAWAY goes out, the listener closes.
 5. `release()`: the held calls get their UNAVAILABLE. The callers' next calls find the
    connection gone and fail UNAVAILABLE on the client side.
@@ -24,12 +26,10 @@ held again).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, Final
 
 from grpc import aio
 
-SHUTTING_DOWN_DETAILS: Final = "the server is shutting down; retry on another replica"
 # A held call is answered this long before its deadline, so it ends UNAVAILABLE, not
 # DEADLINE_EXCEEDED.
 HOLD_MARGIN_S: Final = 0.05
@@ -54,6 +54,10 @@ class DrainGate:
     def closed(self) -> bool:
         return self._closed
 
+    def last_arrival(self) -> float:
+        """Loop time of the last call refused (or of `close()`, if none came since)."""
+        return self._last_arrival
+
     @property
     def in_flight(self) -> int:
         """Calls admitted and not finished (held refusals are not counted)."""
@@ -72,7 +76,7 @@ class DrainGate:
     def close(self) -> None:
         """From now on new calls are refused (held until `release()`)."""
         self._closed = True
-        self._last_arrival = time.monotonic()
+        self._last_arrival = asyncio.get_running_loop().time()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Until every admitted call has finished; False if `timeout_s` ran out first."""
@@ -83,18 +87,6 @@ class DrainGate:
             return False
         return True
 
-    async def wait_quiet(self, quiet_s: float, timeout_s: float) -> bool:
-        """Until no call has arrived for `quiet_s` (at most `timeout_s`); False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            now = time.monotonic()
-            quiet_until = self._last_arrival + quiet_s
-            if now >= quiet_until:
-                return True
-            if now >= deadline:
-                return False
-            await asyncio.sleep(min(quiet_until, deadline) - now)
-
     def release(self) -> None:
         """Answer every held call (and every later one) at once."""
         self._closed = True
@@ -102,8 +94,8 @@ class DrainGate:
 
     async def refuse(self, context: aio.ServicerContext[Any, Any]) -> None:
         """Hold this call until `release()` (or the hold limit, or just before its deadline);
-        the caller then answers it UNAVAILABLE (SHUTTING_DOWN_DETAILS)."""
-        self._last_arrival = time.monotonic()
+        the caller then answers it UNAVAILABLE (core.drain.SHUTTING_DOWN)."""
+        self._last_arrival = asyncio.get_running_loop().time()
         if not self._released.is_set():
             remaining = context.time_remaining()
             hold_s = HOLD_LIMIT_S

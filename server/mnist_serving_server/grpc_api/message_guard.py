@@ -4,7 +4,7 @@ Left to itself, gRPC answers a request it cannot deserialize with UNKNOWN and th
 exception class in the details. Malformed input is INVALID_ARGUMENT (docs/robustness.md),
 so every servicer is registered through `add_guarded_servicer`: its deserializers return a
 `MalformedMessage` marker instead of raising, and its handlers end the call with
-INVALID_ARGUMENT when they meet one. The same wrapper admits calls through the app's
+INVALID_ARGUMENT when they meet one. The same wrapper admits calls through the gRPC front's
 DrainGate (UNAVAILABLE once shutdown has begun, drain_gate.py) and counts both kinds of
 refusal in the request metrics, since the servicer never sees them. Nothing changes for
 valid requests except one try/except around the parser, a flag test, a counter and one
@@ -21,9 +21,10 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from mnist_serving_server.core.drain import SHUTTING_DOWN
 from mnist_serving_server.core.errors import InvalidInputError
 from mnist_serving_server.grpc_api.call_metrics import PROTOCOL
-from mnist_serving_server.grpc_api.drain_gate import SHUTTING_DOWN_DETAILS, DrainGate
+from mnist_serving_server.grpc_api.drain_gate import DrainGate
 from mnist_serving_server.metrics import REASON_NOT_READY, ServerMetrics
 
 Deserializer = Callable[[bytes], Any]
@@ -78,7 +79,7 @@ class _Guard:
                 await gate.refuse(context)
             finally:  # counted before the status goes out (also when the caller gave up)
                 self._count(grpc.StatusCode.UNAVAILABLE, started)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN_DETAILS)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         if isinstance(request, MalformedMessage):
             self._count(grpc.StatusCode.INVALID_ARGUMENT, time.perf_counter())
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.description)

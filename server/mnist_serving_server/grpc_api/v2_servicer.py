@@ -2,8 +2,9 @@
 with Triton's extensions: model repository, model configuration, statistics, classification.
 
 Thin, like the Classify servicer: protobuf <-> numpy happens in `v2_tensors`, every model
-goes through the DataPlane, every error through `grpc_errors` (the one table), every RPC
-through `call_metrics.track_request`.
+goes through the DataPlane, every error through `grpc_errors` (each error kind carries its
+status), every RPC through `call_metrics` (`answered_call`: counted, and no exception left
+to grpc.aio, which would answer UNKNOWN).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from grpc import aio
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.core.dataplane import DataPlane
-from mnist_serving_server.core.errors import ServingError
 from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
+from mnist_serving_server.core.inference import RequestLimits
 from mnist_serving_server.core.model_config import PLATFORM
 from mnist_serving_server.core.registry import ServedVersion
 from mnist_serving_server.core.server_info import EXTENSIONS, SERVER_NAME, server_version
-from mnist_serving_server.core.tensors import answer_outputs
 from mnist_serving_server.grpc_api import v2_tensors
-from mnist_serving_server.grpc_api.call_metrics import RequestRecord, track_request
+from mnist_serving_server.grpc_api.call_metrics import RequestRecord, answered_call, track_request
 from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_for
 from mnist_serving_server.grpc_api.ordered_stream import replies_in_order
 from mnist_serving_server.grpc_api.triton_messages import (
@@ -62,8 +62,7 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
-        self._max_rows = max_images_per_request
-        self._max_decoded_pixels = max_decoded_pixels
+        self._limits = RequestLimits(max_images_per_request, max_decoded_pixels)
         self._server_metadata = pb.ServerMetadataResponse(
             name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS
         )
@@ -73,20 +72,20 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(  # noqa: N802 - the protocol's RPC names
         self, request: pb.ServerLiveRequest, context: _Context
     ) -> pb.ServerLiveResponse:
-        with track_request(self._metrics, "ServerLive"):
+        async with answered_call(self._metrics, "ServerLive", context):
             # Answering at all is liveness; readiness is ServerReady's business.
             return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(  # noqa: N802
         self, request: pb.ServerReadyRequest, context: _Context
     ) -> pb.ServerReadyResponse:
-        with track_request(self._metrics, "ServerReady"):
+        async with answered_call(self._metrics, "ServerReady", context):
             return pb.ServerReadyResponse(ready=self._dataplane.ready)
 
     async def ModelReady(  # noqa: N802
         self, request: pb.ModelReadyRequest, context: _Context
     ) -> pb.ModelReadyResponse:
-        with track_request(self._metrics, "ModelReady"):
+        async with answered_call(self._metrics, "ModelReady", context):
             return pb.ModelReadyResponse(
                 ready=self._dataplane.model_ready(request.name, request.version)
             )
@@ -94,18 +93,14 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: _Context
     ) -> pb.ServerMetadataResponse:
-        with track_request(self._metrics, "ServerMetadata"):
+        async with answered_call(self._metrics, "ServerMetadata", context):
             return self._server_metadata
 
     async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, context: _Context
     ) -> pb.ModelMetadataResponse:
-        with track_request(self._metrics, "ModelMetadata") as record:
-            try:
-                served = self._resolve(request.name, request.version, record)
-            except ServingError as exc:
-                await abort_with(context, exc, record)
-            info = served.info
+        async with answered_call(self._metrics, "ModelMetadata", context) as record:
+            info = self._resolve(request.name, request.version, record).info
             versions = self._dataplane.versions(info.name)
             return pb.ModelMetadataResponse(
                 name=info.name,
@@ -118,22 +113,16 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(  # noqa: N802
         self, request: pb.ModelConfigRequest, context: _Context
     ) -> pb.ModelConfigResponse:
-        with track_request(self._metrics, "ModelConfig") as record:
-            try:
-                self._resolve(request.name, request.version, record)
-                config, served = self._dataplane.model_config(request.name)
-            except ServingError as exc:
-                await abort_with(context, exc, record)
+        async with answered_call(self._metrics, "ModelConfig", context) as record:
+            self._resolve(request.name, request.version, record)
+            config, served = self._dataplane.model_config(request.name)
             return model_config_response(config, served.info)
 
     async def ModelStatistics(  # noqa: N802
         self, request: pb.ModelStatisticsRequest, context: _Context
     ) -> pb.ModelStatisticsResponse:
-        with track_request(self._metrics, "ModelStatistics") as record:
-            try:
-                records = await self._dataplane.statistics(request.name, request.version)
-            except ServingError as exc:
-                await abort_with(context, exc, record)
+        async with answered_call(self._metrics, "ModelStatistics", context):
+            records = await self._dataplane.statistics(request.name, request.version)
             return pb.ModelStatisticsResponse(model_stats=[model_statistics(r) for r in records])
 
     # --- the model repository extension --------------------------------------------------
@@ -141,7 +130,8 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(  # noqa: N802
         self, request: pb.RepositoryIndexRequest, context: _Context
     ) -> pb.RepositoryIndexResponse:
-        with track_request(self._metrics, "RepositoryIndex"):
+        async with answered_call(self._metrics, "RepositoryIndex", context):
+            entries = await self._dataplane.index(ready_only=request.ready)
             return pb.RepositoryIndexResponse(
                 models=[
                     pb.RepositoryIndexResponse.ModelIndex(
@@ -150,28 +140,22 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                         state=entry.state.value,
                         reason=entry.reason,
                     )
-                    for entry in await self._dataplane.index(ready_only=request.ready)
+                    for entry in entries
                 ]
             )
 
     async def RepositoryModelLoad(  # noqa: N802
         self, request: pb.RepositoryModelLoadRequest, context: _Context
     ) -> pb.RepositoryModelLoadResponse:
-        with track_request(self._metrics, "RepositoryModelLoad") as record:
-            try:
-                await self._dataplane.load(request.model_name)
-            except ServingError as exc:
-                await abort_with(context, exc, record)
+        async with answered_call(self._metrics, "RepositoryModelLoad", context):
+            await self._dataplane.load(request.model_name)
             return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(  # noqa: N802
         self, request: pb.RepositoryModelUnloadRequest, context: _Context
     ) -> pb.RepositoryModelUnloadResponse:
-        with track_request(self._metrics, "RepositoryModelUnload") as record:
-            try:
-                await self._dataplane.unload(request.model_name)
-            except ServingError as exc:
-                await abort_with(context, exc, record)
+        async with answered_call(self._metrics, "RepositoryModelUnload", context):
+            await self._dataplane.unload(request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
     # --- inference -----------------------------------------------------------------------
@@ -232,34 +216,13 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         time_remaining_s: float | None,
         record: RequestRecord | None,
     ) -> pb.ModelInferResponse:
-        """One ModelInferRequest through its model's batcher; raises ServingError subclasses."""
-        started = time.monotonic()
-        served = self._resolve(request.model_name, request.model_version, record)
-        info = served.info
-        requested = v2_tensors.select_outputs(request, served.output_names)
-        decoded = v2_tensors.decode_input(
-            request,
-            info.inputs[0],
-            max_rows=self._max_rows,
-            max_decoded_pixels=self._max_decoded_pixels,
-        )
-        deadline = _earliest(
-            None if time_remaining_s is None else started + time_remaining_s,
-            _plus(started, v2_tensors.queue_timeout_s(request)),
-        )
-        computed = await self._dataplane.infer(served, decoded.array, deadline=deadline)
-        outputs = answer_outputs(computed, requested, info.labels)
-        response = pb.ModelInferResponse(
-            model_name=info.name, model_version=info.version, id=request.id
-        )
-        v2_tensors.encode_outputs(response, outputs, raw=decoded.raw)
-        return response
-
-
-def _plus(start: float, seconds: float | None) -> float | None:
-    return None if seconds is None else start + seconds
-
-
-def _earliest(*deadlines: float | None) -> float | None:
-    known = [deadline for deadline in deadlines if deadline is not None]
-    return min(known) if known else None
+        """One ModelInferRequest through the core; raises ServingError subclasses."""
+        deadline = None if time_remaining_s is None else time.monotonic() + time_remaining_s
+        core, raw = v2_tensors.core_request(request, deadline)
+        try:
+            response = await self._dataplane.infer_request(core, self._limits)
+        finally:
+            if record is not None:
+                record.model = core.resolved_model
+                record.version = core.resolved_version
+        return v2_tensors.grpc_response(response, raw=raw)

@@ -2,7 +2,7 @@
 
 As thin as a gRPC servicer: parse the path, read a bounded body, call the DataPlane, answer
 JSON (orjson). Tensors go through `v2_json` and `core.tensors`; every error through
-`http_errors` (the one table); every request is counted once in
+`http_errors` (each error kind carries its status); every request is counted once in
 `mnist_serving_requests_total{protocol="http"}` with the gRPC method name of the same
 operation. No framework router: one dict lookup and a split of the path per request.
 """
@@ -20,10 +20,20 @@ from typing import Any, Final
 import orjson
 
 from mnist_serving_server.core.dataplane import DataPlane
-from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.drain import SHUTTING_DOWN
+from mnist_serving_server.core.errors import (
+    OK,
+    ClientClosedError,
+    InvalidInputError,
+    MethodNotAllowedError,
+    NoSuchEndpointError,
+    NotReadyError,
+    PayloadTooLargeError,
+    UnauthenticatedError,
+)
+from mnist_serving_server.core.inference import RequestLimits
 from mnist_serving_server.core.model_config import PLATFORM
 from mnist_serving_server.core.server_info import HTTP_EXTENSIONS, SERVER_NAME, server_version
-from mnist_serving_server.core.tensors import answer_outputs
 from mnist_serving_server.core.tokens import (
     REASON_UNAUTHENTICATED,
     UNAUTHENTICATED_DETAILS,
@@ -31,13 +41,7 @@ from mnist_serving_server.core.tokens import (
 )
 from mnist_serving_server.core.triton_records import model_config_record
 from mnist_serving_server.http_api import v2_json
-from mnist_serving_server.http_api.http_errors import (
-    CODE_NAMES,
-    RETRY_AFTER_S,
-    HttpError,
-    PayloadTooLargeError,
-    status_for,
-)
+from mnist_serving_server.http_api.http_errors import Headers, failure_for
 from mnist_serving_server.metrics import REASON_NOT_READY, ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -48,14 +52,13 @@ INDEX_FILE: Final = "index.html"
 JSON_TYPE: Final = b"application/json"
 BINARY_TYPE: Final = b"application/octet-stream"
 HEADER_LENGTH: Final = b"inference-header-content-length"
-SHUTTING_DOWN: Final = "the server is shutting down; retry on another instance"
 STATIC_METHOD: Final = "StaticFile"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
+NOT_READY: Final = NotReadyError.status
 
 
 class Reply:
@@ -69,13 +72,14 @@ class Reply:
         body: bytes,
         content_type: bytes = JSON_TYPE,
         headers: Headers | None = None,
+        code: str = OK.grpc_code,
     ) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers
-        self.code: str | None = None
-        """The gRPC code name the metrics record; None: the status's usual one."""
+        self.code = code
+        """The gRPC code name the metrics record (an error's comes with its kind)."""
 
 
 class Call:
@@ -93,11 +97,15 @@ def _json(status: int, value: Any) -> Reply:
     return Reply(status, orjson.dumps(value))
 
 
-def _error_reply(status: int, message: str) -> Reply:
-    headers: Headers | None = [(b"retry-after", RETRY_AFTER_S.encode())] if status == 429 else None
-    if status == 401:
-        headers = [(b"www-authenticate", b"Bearer")]
-    return Reply(status, orjson.dumps({"error": message}), headers=headers)
+def _error_reply(exc: BaseException) -> Reply:
+    """The answer to any exception, from its kind's status (http_errors)."""
+    failure = failure_for(exc)
+    return Reply(failure.status, failure.body, headers=failure.headers or None, code=failure.code)
+
+
+def _not_ready(value: Any) -> Reply:
+    """A readiness probe's "no": counted like any not-ready answer."""
+    return Reply(NOT_READY.http_status, orjson.dumps(value), code=NOT_READY.grpc_code)
 
 
 class V2HttpApp:
@@ -118,8 +126,7 @@ class V2HttpApp:
         self._dataplane = dataplane
         self._metrics = metrics
         self._ready = ready
-        self._max_rows = max_images_per_request
-        self._max_decoded_pixels = max_decoded_pixels
+        self._limits = RequestLimits(max_images_per_request, max_decoded_pixels)
         self._max_body = max_body_bytes
         self._tokens = tokens
         self._health_exempt = health_exempt
@@ -144,36 +151,40 @@ class V2HttpApp:
         try:
             route = self._route(scope["method"], scope["path"])
             if route is None:
-                reply = _error_reply(404, f"no such endpoint: {scope['method']} {scope['path']}")
+                reply = _error_reply(
+                    NoSuchEndpointError(f"no such endpoint: {scope['method']} {scope['path']}")
+                )
             else:
                 method, handler, args, exempt = route
                 call = Call(method)
                 if self.refusing:
                     close = True
                     self.last_refusal_at = asyncio.get_running_loop().time()
-                    reply = _error_reply(503, SHUTTING_DOWN)
+                    reply = _error_reply(NotReadyError(SHUTTING_DOWN))
                 elif (
                     self._tokens is not None
                     and not exempt
                     and not self._tokens.matches(_header(scope, b"authorization"))
                 ):
                     self._metrics.on_rejected(REASON_UNAUTHENTICATED)
-                    reply = _error_reply(401, UNAUTHENTICATED_DETAILS)
+                    reply = _error_reply(UnauthenticatedError(UNAUTHENTICATED_DETAILS))
                 else:
                     try:
                         reply = await handler(scope, receive, call, *args)
                     except Exception as exc:
-                        status, code, message = status_for(exc)
-                        reply = _error_reply(status, message)
-                        reply.code = code
+                        reply = _error_reply(exc)
         finally:
             self.inflight -= 1
         if call is not None:
-            code = reply.code or CODE_NAMES.get(reply.status, "UNKNOWN")
-            if reply.status == 503:
+            if reply.code == NOT_READY.grpc_code:  # as over gRPC (call_metrics)
                 self._metrics.on_rejected(REASON_NOT_READY)
             self._metrics.count_request(
-                PROTOCOL, call.method, call.model, call.version, code, time.perf_counter() - started
+                PROTOCOL,
+                call.method,
+                call.model,
+                call.version,
+                reply.code,
+                time.perf_counter() - started,
             )
         headers: Headers = [
             (b"content-type", reply.content_type),
@@ -291,7 +302,7 @@ class V2HttpApp:
         while message.get("more_body", False):
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise HttpError(499, "the client closed the connection")
+                raise ClientClosedError("the client closed the connection")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:  # streamed without Content-Length: stop reading here
@@ -316,7 +327,7 @@ class V2HttpApp:
     async def _server_ready(self, scope: Scope, receive: Receive, call: Call) -> Reply:
         if self._ready():
             return Reply(200, b'{"ready":true}')
-        return Reply(503, b'{"ready":false}')
+        return _not_ready({"ready": False})
 
     async def _server_meta(self, scope: Scope, receive: Receive, call: Call) -> Reply:
         return Reply(200, self._server_metadata)
@@ -325,7 +336,8 @@ class V2HttpApp:
         self, scope: Scope, receive: Receive, call: Call, name: str, version: str
     ) -> Reply:
         ready = self._dataplane.model_ready(name, version)
-        return _json(200 if ready else 503, {"name": name, "ready": ready})
+        answer = {"name": name, "ready": ready}
+        return _json(200, answer) if ready else _not_ready(answer)
 
     def _resolve(self, call: Call, name: str, version: str) -> Any:
         served = self._dataplane.model(name, version)
@@ -397,31 +409,15 @@ class V2HttpApp:
     async def _infer(
         self, scope: Scope, receive: Receive, call: Call, name: str, version: str
     ) -> Reply:
-        started = time.monotonic()
         body = await self._body(scope, receive)
-        header_length = _header(scope, HEADER_LENGTH)
-        length: int | None = None
-        if header_length is not None:
-            try:
-                length = int(header_length)
-            except ValueError:
-                raise InvalidInputError("Inference-Header-Content-Length is not a number") from None
-        served = self._resolve(call, name, version)
-        info = served.info
-        request = v2_json.parse_infer_request(
-            body,
-            length,
-            info.inputs[0],
-            served.output_names,
-            max_rows=self._max_rows,
-            max_decoded_pixels=self._max_decoded_pixels,
-        )
-        deadline = None if request.timeout_s is None else started + request.timeout_s
-        # Resolve again with no await before infer (the registry's swap relies on it).
-        served = self._dataplane.model(name, version)
-        computed = await self._dataplane.infer(served, request.array, deadline=deadline)
-        outputs = answer_outputs(computed, request.requested, info.labels)
-        payload, json_length = v2_json.encode_response(info.name, info.version, request, outputs)
+        parsed = v2_json.parse_infer_request(body, _header(scope, HEADER_LENGTH), name, version)
+        request = parsed.request
+        try:
+            response = await self._dataplane.infer_request(request, self._limits)
+        finally:
+            call.model = request.resolved_model
+            call.version = request.resolved_version
+        payload, json_length = v2_json.encode_response(response, parsed.binary_output)
         if json_length is None:
             return Reply(200, payload)
         return Reply(
@@ -441,14 +437,14 @@ class V2HttpApp:
             or "\\" in filename
             or "\x00" in filename
         ):
-            raise HttpError(404, "no such file")
+            raise NoSuchEndpointError("no such file")
         path = STATIC_DIR / filename
         try:
             if path.resolve().parent != STATIC_DIR.resolve() or not path.is_file():
-                raise HttpError(404, "no such file")
+                raise NoSuchEndpointError("no such file")
             content = path.read_bytes()
         except OSError:
-            raise HttpError(404, "no such file") from None
+            raise NoSuchEndpointError("no such file") from None
         kind, _ = mimetypes.guess_type(filename)
         content_type = (kind or "application/octet-stream").encode()
         if content_type.startswith(b"text/") or content_type == b"application/javascript":
@@ -463,11 +459,7 @@ class V2HttpApp:
 
 def _method_not_allowed(allowed: str) -> Callable[..., Awaitable[Reply]]:
     async def handler(scope: Scope, receive: Receive, call: Call) -> Reply:
-        return Reply(
-            405,
-            orjson.dumps({"error": f"method {scope['method']} not allowed; use {allowed}"}),
-            headers=[(b"allow", allowed.encode())],
-        )
+        raise MethodNotAllowedError(f"method {scope['method']} not allowed; use {allowed}", allowed)
 
     return handler
 

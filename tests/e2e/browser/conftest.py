@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.browser.v2_stub import serve_stub
+from tests.requirements_support import require_path
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_MODELS = (("mnist", "1"), ("mnist_features", "1"))
@@ -36,10 +37,7 @@ START_TIMEOUT_S = 60.0
 METRIC = "mnist_serving_requests_total"
 WINDOW_SIZE = "1280,1100"
 
-requires_chromium = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs Debian's chromium and chromium-driver (make system-deps installs them)",
-)
+BROWSER_PACKAGES = "Debian's chromium and chromium-driver (make system-deps installs them)"
 
 
 @dataclass
@@ -120,6 +118,13 @@ def server_has_http() -> bool:
 
 
 @pytest.fixture(scope="module")
+def chromium_installed() -> None:
+    """The browser and its driver, checked before any server starts for the page tests."""
+    require_path(CHROMIUM, BROWSER_PACKAGES)
+    require_path(CHROMEDRIVER, BROWSER_PACKAGES)
+
+
+@pytest.fixture(scope="module")
 def page_server(page_repository: Path) -> Iterator[PageServer]:
     if not server_has_http():
         with serve_stub(page_repository) as (base_url, _):
@@ -139,7 +144,7 @@ def page_server(page_repository: Path) -> Iterator[PageServer]:
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(chromium_installed: None) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

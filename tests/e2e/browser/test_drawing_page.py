@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.e2e.browser.conftest import PageServer, requires_chromium
+from tests.e2e.browser.conftest import PageServer
 
-pytestmark = [requires_chromium, pytest.mark.timeout(240)]
+# chromium_installed first: it fails or skips before page_server starts a server.
+pytestmark = [pytest.mark.usefixtures("chromium_installed"), pytest.mark.timeout(240)]
 
 ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "artifacts"
 SCREENSHOT = ARTIFACTS_DIR / "drawing_page.png"

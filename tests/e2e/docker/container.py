@@ -3,7 +3,8 @@
 Shared by tests/e2e/docker and tests/interop/test_interop_docker_image.py, so it imports
 nothing of the server and no V2 protobuf module (tritonclient's messages would clash).
 The tests run only when MNIST_SERVING_DOCKER_IMAGE names an image (`make test-docker` sets
-it after building); elsewhere, e.g. in `make test-python`, they are skipped.
+it after building; `make test-python` and `make test-interop` leave these tests out).
+Without it, or without the docker CLI, they skip, and fail under CI=true.
 
 Network rule: the container's ports are published on 127.0.0.1 only, on ports Docker picks;
 every wait is bounded in time and count.
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.requirements_support import require_tool, requirement_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEPLOYMENT_FILE = REPO_ROOT / "deploy" / "k8s" / "base" / "deployment.yaml"
@@ -49,10 +51,11 @@ ONE_EPOCH_ACCURACY = 0.90
 
 
 def docker_image() -> str:
-    """The image under test, or skip: only `make test-docker` builds one and names it."""
+    """The image under test: only `make test-docker` builds one and names it."""
     image = os.environ.get(IMAGE_VARIABLE, "")
     if not image:
-        pytest.skip(f"{IMAGE_VARIABLE} is not set: run `make test-docker`")
+        requirement_missing(f"the image to test ({IMAGE_VARIABLE})", "run `make test-docker`")
+    require_tool("docker", "Debian's docker.io (make test-docker installs it when missing)")
     return image
 
 

@@ -83,13 +83,18 @@ def scrape(port: int | None) -> dict[str, float]:
 
 
 async def settled(server: ServerProcess) -> dict[str, float]:
-    """Metrics once nothing is in flight or queued (bounded wait)."""
+    """Metrics once nothing is in flight or queued; fails if that takes over SETTLE_TIMEOUT_S."""
     deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT_S
     while True:
         values = await asyncio.to_thread(scrape, server.metrics_port)
-        idle = values["mnist_serving_inflight_requests{}"] == 0 and values[QUEUE_DEPTH] == 0
-        if idle or asyncio.get_running_loop().time() > deadline:
+        inflight, queued = values["mnist_serving_inflight_requests{}"], values[QUEUE_DEPTH]
+        if inflight == 0 and queued == 0:
             return values
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(
+                f"not settled after {SETTLE_TIMEOUT_S} s: {inflight} calls in flight, "
+                f"{queued} images queued"
+            )
         await asyncio.sleep(SETTLE_POLL_S)
 
 

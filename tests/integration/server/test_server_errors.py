@@ -308,9 +308,16 @@ async def test_undecodable_protobuf_is_counted_once_as_invalid_argument(server: 
     assert counted(server, "INVALID_ARGUMENT") == (before[0] + 1, before[1] + 1)
 
 
+def close_the_door(app: ServingApp) -> None:
+    """What the gRPC front's stop() does first, once the drain delay is over."""
+    front = app._grpc
+    assert front is not None
+    front.gate.close()
+
+
 async def test_call_refused_while_draining_is_unavailable_and_counted(start_app: StartApp) -> None:
     app = await start_app()
-    app._gate.close()  # what stop() does once the drain delay is over
+    close_the_door(app)
     async with aio.insecure_channel(app.target) as channel:
         # Held until just before its deadline (nobody releases the gate), then refused.
         error = await classify_error(stub_for(channel), raw_request(ONE_DIGIT), timeout=0.5)
@@ -324,7 +331,7 @@ async def test_a_refusal_without_deadline_is_held_at_most_the_hold_limit(
     start_app: StartApp,
 ) -> None:
     app = await start_app()
-    app._gate.close()
+    close_the_door(app)
     async with aio.insecure_channel(app.target) as channel:
         started = time.monotonic()
         error = await classify_error(stub_for(channel), raw_request(ONE_DIGIT))

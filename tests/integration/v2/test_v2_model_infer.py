@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ from grpc import aio
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.app import ServingApp
+from mnist_serving_server.core.tensors import MICROSECONDS_PER_SECOND
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.v2.v2_helpers import (
     INPUT_NAME,
@@ -28,9 +30,9 @@ from tests.metrics_support import sample_sum
 
 TOLERANCE = 1e-6
 DIGITS = 16
-# A `timeout` parameter far shorter than the time the test holds the runtime closed.
+# `timeout` parameters: one that expires while the runtime is held closed, one that cannot.
 SHORT_TIMEOUT_US = 1_000
-HOLD_PAST_TIMEOUT_S = 0.1
+SHORT_TIMEOUT_S = SHORT_TIMEOUT_US / MICROSECONDS_PER_SECOND
 LONG_TIMEOUT_US = 60_000_000
 
 
@@ -251,8 +253,11 @@ async def test_timeout_parameter_bounds_the_time_in_the_queue(
         long.parameters["timeout"].int64_param = LONG_TIMEOUT_US
         short_call = asyncio.ensure_future(stub.ModelInfer(short))
         long_call = asyncio.ensure_future(stub.ModelInfer(long))
-        # Not a timing assertion: the runtime stays closed until the short timeout is long past.
-        await asyncio.sleep(HOLD_PAST_TIMEOUT_S)
+        await wait_until(lambda: queue_depth(app) == 2)  # both queued behind the holder
+        # The server set the short deadline (its time.monotonic() at arrival + the timeout)
+        # before the request was queued, so before now: it has passed once this holds.
+        expired_at = time.monotonic() + SHORT_TIMEOUT_S
+        await wait_until(lambda: time.monotonic() > expired_at)
         runtime_gate.open()
         assert (await holder).id == "holder"
         assert (await long_call).id == "long"

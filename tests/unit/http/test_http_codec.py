@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import struct
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from mnist_serving_server.core import errors
-from mnist_serving_server.core.errors import InvalidInputError, ServingError
+from mnist_serving_server.core import inference
+from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.inference import InferenceResponse, RequestLimits
 from mnist_serving_server.core.runtime import TensorSpec
 from mnist_serving_server.core.tensors import (
     RequestedOutput,
     join_bytes_elements,
     split_bytes_elements,
 )
-from mnist_serving_server.http_api import http_errors
 from mnist_serving_server.http_api.v2_json import encode_response, parse_infer_request
 
 pytestmark = pytest.mark.unit
@@ -27,14 +28,18 @@ OUTPUTS = ("probabilities", "logits")
 
 
 def parse(document: dict[str, Any], binary: bytes = b"") -> Any:
+    """The HTTP front's parse, then the core's checks and conversion, as /infer runs them."""
     header = json.dumps(document).encode()
-    return parse_infer_request(
-        header + binary,
-        len(header) if binary else None,
-        SPEC,
-        OUTPUTS,
-        max_rows=16,
-        max_decoded_pixels=1 << 20,
+    parsed = parse_infer_request(header + binary, str(len(header)) if binary else None, "mnist", "")
+    request = parsed.request
+    if request.invalid is not None:  # raised by the core once the model is resolved
+        raise request.invalid
+    return SimpleNamespace(
+        array=inference.decode_input(request.input, SPEC, RequestLimits(16, 1 << 20)),
+        id=request.id,
+        timeout_s=inference.queue_timeout_s(request),
+        requested=inference.select_outputs(request, OUTPUTS),
+        binary_output=parsed.binary_output,
     )
 
 
@@ -66,6 +71,19 @@ def test_flat_nested_and_binary_give_the_same_array() -> None:
         ({"inputs": [tensor(data=[0] * 784)], "outputs": [{"name": "x"}]}, b"", "unknown output"),
         ({"inputs": [tensor(data=[0] * 784)], "parameters": {"timeout": -1}}, b"", ">= 0"),
         ({"inputs": [tensor(data=[0] * 784), tensor(data=[0] * 784)]}, b"", "exactly one"),
+        # Typed values are checked by the core, as over gRPC: no booleans or strings as pixels.
+        ({"inputs": [tensor(data=[True] + [0] * 783)]}, b"", "got a bool"),
+        ({"inputs": [tensor(data=["7"] + [0] * 783)]}, b"", "got a str"),
+        ({"inputs": [tensor(data=[[0.5] * 28] * 28)]}, b"", "got a float"),
+        ({"inputs": [tensor()]}, b"", "carries no data"),
+        (
+            {
+                "inputs": [tensor(data=[0] * 784)],
+                "outputs": [{"name": "logits", "parameters": {"classification": 0}}],
+            },
+            b"",
+            "classes >= 1, got 0",
+        ),
     ],
 )
 def test_malformed_requests_name_the_problem(
@@ -99,7 +117,8 @@ def test_binary_response_keeps_request_order() -> None:
     )
     first = np.arange(3, dtype=np.float32).reshape(1, 3)
     second = np.array([[b"0.9:1:one"]], dtype=np.object_)
-    body, length = encode_response("m", "1", request, {"a": first, "b": second})
+    outputs = inference.encode_outputs({"a": first, "b": second}, None, ())
+    body, length = encode_response(InferenceResponse("m", "1", "", outputs), request.binary_output)
     assert length is not None
     document = json.loads(body[:length])
     assert [o["name"] for o in document["outputs"]] == ["a", "b"]
@@ -118,19 +137,3 @@ def test_bytes_elements_round_trip_and_truncation() -> None:
         split_bytes_elements(joined[:-1], "x")
     with pytest.raises(InvalidInputError, match="length prefix"):
         split_bytes_elements(b"\1\0", "x")
-
-
-def test_every_serving_error_has_an_http_status() -> None:
-    classes = [
-        value
-        for value in vars(errors).values()
-        if isinstance(value, type) and issubclass(value, ServingError) and value is not ServingError
-    ]
-    for cls in classes:
-        status, code, message = http_errors.status_for(cls("why"))
-        assert status != 500, cls
-        assert message == "why"
-        assert code in http_errors.CODE_NAMES.values() or code == "FAILED_PRECONDITION"
-    status, code, message = http_errors.status_for(RuntimeError("secret detail"))
-    assert (status, code) == (500, "INTERNAL")
-    assert "secret" not in message

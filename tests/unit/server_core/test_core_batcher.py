@@ -1,14 +1,16 @@
 """DynamicBatcher alone, no grpc: real numpy work in the worker thread, real asyncio.
 
 The runtime is "blocked" with a threading.Event where a test needs requests to pile up,
-so every assertion is about what was batched, never about how long anything took.
+and time is a FakeClock that a test moves where it is about deadlines, queue waits or the
+queue delay: no test sleeps a guessed time, and the waits and compute times reported are exact.
+Real time passes only in tests about real waiting (a queue delay's timer, drain and stop
+timeouts), each bounded by a gate or a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -29,8 +31,10 @@ from mnist_serving_server.core.errors import (
 IMAGE_SHAPE = (1, 28, 28)
 # Bounds on how long a test waits for something that should happen at once (not timings).
 EVENT_WAIT_S = 10.0
-# How long a test keeps the runtime blocked: a lower bound on the waits and compute it sees.
-GATE_HOLD_S = 0.03
+# How far a test moves the FakeClock while the runtime is blocked. Whole seconds, from a
+# whole start: the differences the batcher computes come out exact in floating point.
+HOLD_S = 2.0
+CLOCK_START_S = 1000.0
 # Pixel values that mark a request, so a test can tell whether it reached the model.
 GATE_MARK = 1
 DROPPED_MARK = 250
@@ -80,6 +84,19 @@ class GatedModel:
         assert await asyncio.to_thread(self.entered.wait, EVENT_WAIT_S)
 
 
+class FakeClock:
+    """A monotonic clock that moves only when the test advances it (read by the worker too)."""
+
+    def __init__(self) -> None:
+        self.now = CLOCK_START_S
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class RecordingObserver:
     def __init__(self) -> None:
         self.depths: list[int] = []
@@ -107,8 +124,17 @@ def observer() -> RecordingObserver:
 
 
 @pytest.fixture
-async def batcher(model: GatedModel, observer: RecordingObserver) -> AsyncIterator[DynamicBatcher]:
-    instance = DynamicBatcher(model, max_batch_size=8, max_queue_size=64, observer=observer)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def batcher(
+    model: GatedModel, observer: RecordingObserver, clock: FakeClock
+) -> AsyncIterator[DynamicBatcher]:
+    instance = DynamicBatcher(
+        model, max_batch_size=8, max_queue_size=64, observer=observer, clock=clock
+    )
     await instance.start()
     yield instance
     model.gate.set()
@@ -150,25 +176,26 @@ async def test_single_request_gets_its_own_rows() -> None:
 
 
 async def test_concurrent_callers_each_get_their_own_rows_in_shared_batches(
-    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver, clock: FakeClock
 ) -> None:
     gate_task = await block_runtime(batcher, model)
     sent = [images(1 + index % 3, seed=index) for index in range(30)]
     tasks = [asyncio.create_task(batcher.submit(pixels)) for pixels in sent]
     await until_queued(batcher, sum(len(pixels) for pixels in sent))
-    await asyncio.sleep(GATE_HOLD_S)  # every queued request waits at least this long
+    clock.advance(HOLD_S)  # every queued request has now waited this long
     model.gate.set()
     results = await asyncio.gather(*tasks)
     for result, pixels in zip(results, sent, strict=True):
         assert_own_rows(result, pixels)
     await gate_task
-    sizes = model.sizes[1:]
-    assert sum(sizes) == sum(len(pixels) for pixels in sent)
-    assert max(sizes) == batcher.max_batch_size  # the queue was drained in full batches
+    # 60 images (1, 2, 3, 1, 2, 3, ...) drained in full batches of 8, then the rest.
+    assert model.sizes[1:] == [8] * 7 + [4]
     assert [size for size, _, _ in observer.batches] == model.sizes
     queued_waits = [wait for _, waits, _ in observer.batches[1:] for wait in waits]
-    assert len(queued_waits) >= len(sent)  # one per slice; a request may span two batches
-    assert min(queued_waits) >= GATE_HOLD_S
+    # One wait per slice: the 30 requests, plus one for each of the five that straddle a
+    # batch boundary (at 8, 16, 32, 40 and 56 images; 24 and 48 fall between requests).
+    # Every one of them was queued before the clock moved and started after it.
+    assert queued_waits == [HOLD_S] * 35
     assert batcher.queue_depth == 0
 
 
@@ -180,8 +207,9 @@ async def test_many_concurrent_single_images_are_batched_without_mixups() -> Non
     results = await asyncio.gather(*(batcher.submit(pixels) for pixels in sent))
     for result, pixels in zip(results, sent, strict=True):
         assert_own_rows(result, pixels)
-    assert sum(model.sizes) == len(sent)
-    assert max(model.sizes) > 1
+    # Every submit() runs before the woken loop does: the 500 are queued at once, then
+    # taken greedily, 64 at a time.
+    assert model.sizes == [64] * 7 + [52]
     await batcher.stop()
 
 
@@ -212,32 +240,32 @@ async def test_request_larger_than_a_batch_alone() -> None:
 
 
 async def test_expired_request_is_dropped_before_compute(
-    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver, clock: FakeClock
 ) -> None:
     gate_task = await block_runtime(batcher, model)
-    short = asyncio.create_task(
-        batcher.submit(images(2, DROPPED_MARK), deadline=time.monotonic() + 0.05)
-    )
+    short = asyncio.create_task(batcher.submit(images(2, DROPPED_MARK), deadline=clock() + HOLD_S))
     kept = images(1, seed=7)
-    kept_task = asyncio.create_task(batcher.submit(kept, deadline=time.monotonic() + 60))
+    kept_task = asyncio.create_task(batcher.submit(kept, deadline=clock() + HOLD_S + 1))
     await until_queued(batcher, 3)
-    await asyncio.sleep(0.1)  # the short deadline is now certainly in the past
+    clock.advance(HOLD_S)  # the short deadline is now (expired: <=), the kept one 1 s ahead
     model.gate.set()
     with pytest.raises(DeadlineExceededError, match="deadline"):
         await short
     assert_own_rows(await kept_task, kept)
     await gate_task
     assert not model.saw_value(DROPPED_MARK)
+    assert model.sizes == [1, 1]
     assert observer.rejections == ["deadline"]
     assert batcher.queue_depth == 0
 
 
 async def test_deadline_already_passed_is_rejected_at_submit(
-    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver, clock: FakeClock
 ) -> None:
     model.gate.set()
     with pytest.raises(DeadlineExceededError):
-        await batcher.submit(images(1, DROPPED_MARK), deadline=time.monotonic() - 1)
+        # A deadline of right now has passed: the check is deadline <= now.
+        await batcher.submit(images(1, DROPPED_MARK), deadline=clock())
     assert model.batches == []
     assert observer.rejections == ["deadline"]
 
@@ -471,20 +499,24 @@ async def test_stop_wakes_a_loop_waiting_to_fill_a_batch() -> None:
 
 
 async def test_observer_sees_batches_and_queue_depth(
-    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver
+    batcher: DynamicBatcher, model: GatedModel, observer: RecordingObserver, clock: FakeClock
 ) -> None:
     gate_task = await block_runtime(batcher, model)
     tasks = [asyncio.create_task(batcher.submit(images(3, seed=seed))) for seed in range(4)]
     await until_queued(batcher, 12)
-    await asyncio.sleep(GATE_HOLD_S)  # the first batch computes (blocked) at least this long
+    clock.advance(HOLD_S)  # while the first batch computes (blocked)
     model.gate.set()
     await asyncio.gather(gate_task, *tasks)
-    assert [size for size, _, _ in observer.batches] == [1, 8, 4]
-    # The 8-image batch held 3 + 3 + 2 rows of three requests: one wait per slice.
-    assert [len(waits) for _, waits, _ in observer.batches] == [1, 3, 2]
-    assert observer.batches[0][2] >= GATE_HOLD_S
-    assert observer.depths[-1] == 0
-    assert 4 in observer.depths  # after the first full batch left the queue
+    # (size, one queue wait per slice, compute): the first batch started at once and
+    # computed HOLD_S; the 8-image batch held 3 + 3 + 2 rows of three requests, the last
+    # one 1 + 3; all four were queued before the clock moved and started after it.
+    assert observer.batches == [
+        (1, [0.0], HOLD_S),
+        (8, [HOLD_S, HOLD_S, HOLD_S], 0.0),
+        (4, [HOLD_S, HOLD_S], 0.0),
+    ]
+    # Reported after each batch left the queue: none left, 4 left, none left.
+    assert observer.depths == [0, 4, 0]
 
 
 def test_invalid_settings_are_refused() -> None:
@@ -593,10 +625,14 @@ async def test_drain_after_stop_returns_true_at_once(
 
 
 async def test_adaptive_delay_grows_while_concurrent_callers_fill_batches(
-    model: GatedModel,
+    model: GatedModel, clock: FakeClock
 ) -> None:
-    # A target far above anything this test takes: only batch contents drive the delay.
-    batcher = DynamicBatcher(model, max_batch_size=8, max_queue_size=64, latency_target_s=600.0)
+    # The clock stands still, so no request spends any time against the target: only
+    # batch contents drive the delay.
+    target_s = 600.0
+    batcher = DynamicBatcher(
+        model, max_batch_size=8, max_queue_size=64, latency_target_s=target_s, clock=clock
+    )
     await batcher.start()
     assert batcher.queue_delay_s == 0.0
     gate_task = await block_runtime(batcher, model)
@@ -604,9 +640,10 @@ async def test_adaptive_delay_grows_while_concurrent_callers_fill_batches(
     await until_queued(batcher, 4)
     model.gate.set()
     await asyncio.wait_for(asyncio.gather(gate_task, *tasks), EVENT_WAIT_S)
-    # The four queued requests shared a batch: concurrent callers, so the loop now waits.
+    # The four queued requests shared a batch: concurrent callers, so the delay grew by one
+    # step (the first batch, a lone caller that did not wait, left it at 0).
     assert model.sizes == [1, 4]
-    assert batcher.queue_delay_s > 0.0
+    assert batcher.queue_delay_s == target_s / batcher_module.DELAY_STEPS
     await batcher.stop()
 
 
@@ -640,22 +677,42 @@ async def test_adaptive_delay_shrinks_to_zero_for_a_lone_caller() -> None:
     await batcher.stop()
 
 
-async def test_adaptive_delay_halves_when_the_target_is_missed(model: GatedModel) -> None:
-    target_s = GATE_HOLD_S / 2  # every request below spends longer than this in the batcher
-    batcher = DynamicBatcher(model, max_batch_size=8, latency_target_s=target_s)
+async def test_adaptive_delay_halves_when_the_target_is_missed(
+    model: GatedModel, clock: FakeClock
+) -> None:
+    target_s = HOLD_S / 2  # every request below spends HOLD_S in the batcher
+    batcher = DynamicBatcher(model, max_batch_size=8, latency_target_s=target_s, clock=clock)
     await batcher.start()
     gate_task = await block_runtime(batcher, model)
     cap = target_s * batcher_module.DELAY_CAP_SHARE
     batcher._delay_s = cap
     tasks = [asyncio.create_task(batcher.submit(images(1, seed=seed))) for seed in range(2)]
     await until_queued(batcher, 2)
-    await asyncio.sleep(GATE_HOLD_S)  # past the delay: the next batch starts without waiting
+    clock.advance(HOLD_S)  # past the delay too: the next batch starts without waiting
     model.gate.set()
     await asyncio.wait_for(asyncio.gather(gate_task, *tasks), EVENT_WAIT_S)
     # Two batches, each over the target: halved twice (without the target, the second
     # batch, two concurrent callers, would have grown it back to the cap).
     assert model.sizes == [1, 2]
     assert batcher.queue_delay_s == cap / 4
+    await batcher.stop()
+
+
+async def test_queue_delay_is_measured_on_the_batchers_clock(clock: FakeClock) -> None:
+    model = GatedModel(gated=True)
+    delay_s = 600.0  # on the fake clock; were it real time, the test would time out
+    batcher = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=delay_s, clock=clock)
+    await batcher.start()
+    full = asyncio.create_task(batcher.submit(images(4, GATE_MARK)))  # a full batch: no wait
+    await model.wait_entered()
+    partial = images(1, seed=6)
+    partial_task = asyncio.create_task(batcher.submit(partial))
+    await until_queued(batcher, 1)
+    clock.advance(delay_s)  # the partial batch's delay is over (until <= now)
+    model.gate.set()
+    assert_own_rows(await asyncio.wait_for(partial_task, EVENT_WAIT_S), partial)
+    await full
+    assert model.sizes == [4, 1]
     await batcher.stop()
 
 

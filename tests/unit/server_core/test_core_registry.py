@@ -27,6 +27,7 @@ from mnist_serving_server.core.errors import (
     ModelNotFoundError,
     NotReadyError,
 )
+from mnist_serving_server.core.graph_checks import check_contract
 from mnist_serving_server.core.model_config import ModelConfig, TensorConfig
 from mnist_serving_server.core.registry import (
     IndexEntry,
@@ -34,7 +35,6 @@ from mnist_serving_server.core.registry import (
     ModelState,
     RegistryOptions,
     ServedVersion,
-    check_contract,
 )
 from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
 from tests.registry_options import small_registry_options
@@ -43,6 +43,7 @@ from tests.repository_models import (
     write_broken,
     write_regressor,
 )
+from tests.requirements_support import requirement_missing
 
 REGRESSOR = "regressor"
 
@@ -612,7 +613,8 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+        error = mounted.stderr.decode().strip()
+        requirement_missing("a tmpfs mount", f"needs root (make test runs as root): {error}")
     try:
         yield mount_point
     finally:

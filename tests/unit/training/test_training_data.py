@@ -28,6 +28,7 @@ from mnist_serving_training.data import (
     load_torchvision_mnist,
     read_idx,
 )
+from tests.requirements_support import require_path
 from tests.unit.training.idx_writer import idx_bytes, write_idx_dir
 
 IDX_TRAIN_COUNT = 300
@@ -126,10 +127,8 @@ def test_idx_dir_missing_files_are_named(tmp_path: Path, mnist_sample: DatasetSp
         load_idx_dir(tmp_path)
 
 
-@pytest.mark.skipif(
-    not FASHION_MNIST_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed"
-)
 def test_fashion_mnist_from_debian_files() -> None:
+    require_path(FASHION_MNIST_DIR, "Debian's dataset-fashion-mnist (make system-deps installs it)")
     split = load_fashion_mnist()
     assert split.name == "fashion-mnist"
     assert split.train_images.shape == (FASHION_TRAIN_SIZE, IMAGE_SIDE, IMAGE_SIDE)

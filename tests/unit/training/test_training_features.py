@@ -18,13 +18,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from mnist_serving_server.core.runtime import file_sha256
 from mnist_serving_training.data import IMAGE_SIDE, DatasetSplit
 from mnist_serving_training.export import (
     PARITY_TOLERANCE,
     ExportParityError,
     build_metadata,
     export_onnx,
-    file_sha256,
 )
 from mnist_serving_training.features import (
     FEATURES_OUTPUT,

@@ -19,6 +19,7 @@ import onnx
 import pytest
 import torch
 
+from mnist_serving_server.core.runtime import file_sha256
 from mnist_serving_training.data import MNIST_LABELS
 from mnist_serving_training.export import (
     METADATA_DATASET,
@@ -28,7 +29,6 @@ from mnist_serving_training.export import (
     METADATA_TEST_ACCURACY,
     build_metadata,
     export_onnx,
-    file_sha256,
 )
 from mnist_serving_training.inference import create_session, predict_probabilities
 from mnist_serving_training.model import MnistCnn

@@ -1,6 +1,9 @@
-"""The KServe V2 tensor codec: decoding pixels, encoding outputs, the timeout parameter."""
+"""The KServe V2 protobuf codec and the core's conversion behind it: decoding pixels,
+encoding outputs, the timeout parameter."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,15 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mnist_serving_proto import open_inference_pb2 as pb
+from mnist_serving_server.core import inference
 from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
+from mnist_serving_server.core.inference import InferenceResponse, RequestLimits
 from mnist_serving_server.core.runtime import TensorSpec
 from mnist_serving_server.core.tensors import RequestedOutput
-from mnist_serving_server.grpc_api.v2_tensors import (
-    decode_input,
-    encode_outputs,
-    queue_timeout_s,
-    select_outputs,
-)
+from mnist_serving_server.grpc_api.v2_tensors import core_request, grpc_response
 
 INPUT = "pixels"
 SPEC = TensorSpec(
@@ -26,6 +27,45 @@ EXPECTED_INPUT = "UINT8 [N,1,28,28] (or FP32 in [0,1], value/255)"
 MAX_IMAGES = 64
 MODEL_OUTPUTS = ("probabilities", "logits")
 SEED = 1234
+
+
+def decode_input(
+    request: pb.ModelInferRequest, spec: TensorSpec, *, max_rows: int
+) -> SimpleNamespace:
+    """The protobuf front's parse, then the core's conversion, as ModelInfer runs them."""
+    core, raw = core_request(request)
+    if core.invalid is not None:  # raised by the core once the model is resolved
+        raise core.invalid
+    limits = RequestLimits(max_rows, DEFAULT_MAX_DECODED_PIXELS)
+    return SimpleNamespace(array=inference.decode_input(core.input, spec, limits), raw=raw)
+
+
+def with_input(request: pb.ModelInferRequest) -> pb.ModelInferRequest:
+    request.inputs.add(name=INPUT, datatype="UINT8", shape=[1, 28, 28])
+    return request
+
+
+def select_outputs(request: pb.ModelInferRequest, outputs: tuple[str, ...]):
+    core, _ = core_request(with_input(request))
+    if core.invalid is not None:
+        raise core.invalid
+    return inference.select_outputs(core, outputs)
+
+
+def queue_timeout_s(request: pb.ModelInferRequest) -> float | None:
+    probe = pb.ModelInferRequest()
+    probe.CopyFrom(request)
+    core, _ = core_request(with_input(probe))
+    if core.invalid is not None:
+        raise core.invalid
+    return inference.queue_timeout_s(core)
+
+
+def encode_outputs(
+    response: pb.ModelInferResponse, outputs: dict[str, np.ndarray], *, raw: bool
+) -> None:
+    core = InferenceResponse("m", "1", "", inference.encode_outputs(outputs, None, ()))
+    response.CopyFrom(grpc_response(core, raw=raw))
 
 
 def random_images(count: int, seed: int = SEED) -> np.ndarray:
@@ -48,7 +88,8 @@ def typed_request(data: np.ndarray, datatype: str, shape: list[int]) -> pb.Model
 
 
 def decode(request: pb.ModelInferRequest, max_images: int = MAX_IMAGES) -> np.ndarray:
-    return decode_input(request, SPEC, max_rows=max_images).array
+    array: np.ndarray = decode_input(request, SPEC, max_rows=max_images).array
+    return array
 
 
 def decode_error(request: pb.ModelInferRequest, max_images: int = MAX_IMAGES) -> str:
@@ -181,7 +222,7 @@ def test_raw_length_mismatch_names_expected_and_actual_bytes(datatype: str) -> N
 
 def test_typed_length_mismatch_names_expected_and_actual_count() -> None:
     request = typed_request(np.zeros(783, dtype=np.uint8), "UINT8", [1, 28, 28])
-    assert "contents.uint_contents holds 783 values, expected 784" in decode_error(request)
+    assert "holds 783 values, expected 784 for UINT8" in decode_error(request)
 
 
 def test_typed_data_in_the_wrong_field_is_rejected() -> None:
