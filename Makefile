@@ -206,8 +206,15 @@ test-python: $(VENV_STAMP) system-deps
 
 # tritonclient registers its own `inference.*` protobuf messages; ours would clash in one
 # process, so the tests that use it run in a pytest process of their own.
+# Against both gRPC fronts (--grpc-front): the native one (the default) and grpc.aio alone.
+GRPC_FRONTS := native grpcio
+
 test-interop: $(VENV_STAMP) system-deps
-	$(PY) -m pytest $(PYTEST_ARGS) tests/interop $(addprefix --ignore=,$(DOCKER_TESTS))
+	for front in $(GRPC_FRONTS); do \
+	  echo "test-interop: --grpc-front $$front"; \
+	  MNIST_SERVING_GRPC_FRONT=$$front $(PY) -m pytest $(PYTEST_ARGS) tests/interop \
+	    $(addprefix --ignore=,$(DOCKER_TESTS)) || exit 1; \
+	done
 
 test: lint test-python test-interop $(EXTRA_TEST_TARGETS) ## Lint and run every test (what CI runs)
 

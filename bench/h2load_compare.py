@@ -13,7 +13,8 @@ req/s, latency percentiles, and the server's process tree CPU over the window di
 the OK replies.
 
 `--echo` adds the bare grpc.aio echo server (bench/echo_server.py, V2 method path, on the
-server's loop) to every round: the floor, in the same run. `--variant LABEL=ARGS`
+server's loop) to every round: the floor, in the same run; `--native-echo` the bare
+pygrpc-native echo (bench/native_echo.py), the floor of the native front. `--variant LABEL=ARGS`
 (repeatable) adds this checkout's server started with other arguments; upper-case
 `NAME=VALUE` words in ARGS are set as environment variables instead. `--no-baseline`
 leaves the baseline checkout out.
@@ -38,6 +39,8 @@ from bench.scenarios import Api, H2loadScenario
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0
 ECHO = "echo"
+NATIVE_ECHO = "native_echo"
+ECHOES = {ECHO: "bench.echo_server", NATIVE_ECHO: "bench.native_echo"}
 ENV_WORD = re.compile(r"^[A-Z][A-Z0-9_]*=")
 
 
@@ -74,10 +77,10 @@ def server_process(
     )
 
 
-def echo_process(workdir: Path) -> ServiceProcess:
+def echo_process(workdir: Path, label: str) -> ServiceProcess:
     return ServiceProcess(
-        python_module_command("bench.echo_server", "--port", "0"),
-        log_path=workdir / "echo.log",
+        python_module_command(ECHOES[label], "--port", "0"),
+        log_path=workdir / f"{label}.log",
         ready_timeout_s=READY_TIMEOUT_S,
     )
 
@@ -85,7 +88,7 @@ def echo_process(workdir: Path) -> ServiceProcess:
 def measure(server: ServiceProcess, label: str, scenario: H2loadScenario) -> dict[str, Any]:
     counter = (
         h2load.grpc_echo_counter(server.target)
-        if label == ECHO
+        if label in ECHOES
         else h2load.server_counter(int(server.ready["metrics_port"]), scenario.api)
     )
     row = h2load.measure(
@@ -121,6 +124,9 @@ def main() -> int:
         help="this checkout's server with other arguments, measured in every round",
     )
     parser.add_argument("--echo", action="store_true", help="the echo floor in every round")
+    parser.add_argument(
+        "--native-echo", action="store_true", help="the native (pygrpc-native) echo floor too"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -144,12 +150,14 @@ def main() -> int:
         servers.append((label, REPO_ROOT, ["--http-port", "0", *extra], env))
     if args.echo:
         servers.append((ECHO, REPO_ROOT, [], {}))
+    if args.native_echo:
+        servers.append((NATIVE_ECHO, REPO_ROOT, [], {}))
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
             for label, source, extra, env in servers:
                 process = (
-                    echo_process(Path(tmp))
-                    if label == ECHO
+                    echo_process(Path(tmp), label)
+                    if label in ECHOES
                     else server_process(label, source, extra, Path(tmp), env)
                 )
                 with process as server:
@@ -166,7 +174,7 @@ def main() -> int:
             "req_s_median": statistics.median(rps),
         }
     for label in summary.copy():
-        for reference in ("baseline", ECHO):
+        for reference in ("baseline", ECHO, NATIVE_ECHO, *(v.split("=")[0] for v in args.variant)):
             if reference in summary and label != reference:
                 ratio = summary[label]["cpu_us_median"] / summary[reference]["cpu_us_median"]
                 summary[f"{label}_over_{reference}_cpu"] = ratio

@@ -26,11 +26,20 @@ from prometheus_client import CollectorRegistry
 
 from mnist_serving_server.config import HTTP_OFF, METRICS_OFF, ServerConfig
 from mnist_serving_server.core.dataplane import DataPlane, ModelControlMode
+from mnist_serving_server.core.inference import RequestLimits
 from mnist_serving_server.core.registry import ModelRegistry, ModelState, RegistryOptions
 from mnist_serving_server.core.runtime import ModelInfo
 from mnist_serving_server.core.tokens import AuthConfigError, BearerTokens, load_tokens
 from mnist_serving_server.grpc_api.front import GrpcFront, GrpcStartError, grpc_address
 from mnist_serving_server.grpc_api.health import HEALTH_SERVICE, HealthReporter
+from mnist_serving_server.grpc_api.native_front import (
+    NATIVE_FRONT_AVAILABLE,
+    NativeFront,
+    private_socket_dir,
+)
+from mnist_serving_server.grpc_api.native_front import (
+    SOCKET_NAME as NATIVE_SOCKET_NAME,
+)
 from mnist_serving_server.http_api.asgi import V2HttpApp
 from mnist_serving_server.http_api.front import HttpFront
 from mnist_serving_server.logs import log_fields
@@ -85,6 +94,7 @@ def grpc_front(
     health: HealthReporter,
     *,
     reuse_port: bool,
+    unix_socket: Path | None = None,
 ) -> GrpcFront:
     """The gRPC front for these settings; it reads the auth tokens when it starts."""
     return GrpcFront(
@@ -103,6 +113,61 @@ def grpc_front(
         auth_token_file=config.auth_token_file,
         auth_exempt_services=config.auth_exempt_services,
         environ=os.environ,
+        unix_socket=unix_socket,
+    )
+
+
+def native_wanted(config: ServerConfig) -> bool:
+    """Whether --grpc-front picks the native front (auto: unless TLS, or not installed)."""
+    if config.grpc_front == "grpcio":
+        return False
+    if config.tls_enabled:
+        if config.grpc_front == "native":
+            raise ServerStartError(
+                "--grpc-front native does not serve TLS; use --grpc-front auto or grpcio"
+            )
+        return False
+    if not NATIVE_FRONT_AVAILABLE:
+        if config.grpc_front == "native":
+            raise ServerStartError("--grpc-front native: pygrpc-native cannot be imported")
+        logger.warning("pygrpc-native cannot be imported: serving gRPC with grpcio")
+        return False
+    return True
+
+
+def native_front(
+    config: ServerConfig,
+    dataplane: DataPlane,
+    metrics: ServerMetrics,
+    health: HealthReporter,
+    *,
+    reuse_port: bool,
+) -> NativeFront:
+    """The native front on host:port, with the grpc.aio front behind it on a Unix socket."""
+    socket_dir = private_socket_dir()
+    fallback = grpc_front(
+        config,
+        dataplane,
+        metrics,
+        health,
+        reuse_port=False,
+        unix_socket=socket_dir / NATIVE_SOCKET_NAME,
+    )
+    try:
+        tokens = load_tokens(config.auth_token_file, os.environ)
+    except AuthConfigError as exc:
+        raise ServerStartError(str(exc)) from None
+    return NativeFront(
+        dataplane,
+        metrics,
+        fallback,
+        config.host,
+        config.port,
+        socket_dir=socket_dir,
+        max_message_bytes=config.max_message_bytes,
+        limits=RequestLimits(config.max_images_per_request, config.max_decoded_pixels),
+        tokens=BearerTokens(tokens) if tokens else None,
+        reuse_port=reuse_port,
     )
 
 
@@ -230,7 +295,7 @@ class ServingApp:
         self.dataplane = DataPlane(
             self.models, control_mode=config.model_control_mode, replicas=self._peers
         )
-        self._grpc: GrpcFront | None = None
+        self._grpc: GrpcFront | NativeFront | None = None
         self._http: HttpFront | None = None
         self.http_app: V2HttpApp | None = None
         """The HTTP front's ASGI app (None when HTTP is off); kept after stop for tests."""
@@ -321,9 +386,10 @@ class ServingApp:
             metrics_port=self.metrics_port,
         )
 
-    async def _start_grpc(self) -> GrpcFront:
-        """Classify, KServe V2, health and reflection."""
-        front = self._grpc = grpc_front(
+    async def _start_grpc(self) -> GrpcFront | NativeFront:
+        """Classify, KServe V2, health and reflection (--grpc-front)."""
+        build = native_front if native_wanted(self.config) else grpc_front
+        front = self._grpc = build(
             self.config, self.dataplane, self.metrics, self.health, reuse_port=self._reuse_port
         )
         try:

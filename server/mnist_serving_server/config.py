@@ -43,6 +43,7 @@ PROG = "mnist-serving"
 
 Provider = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
+GrpcFrontChoice = Literal["auto", "native", "grpcio"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 DEFAULT_MODEL_REPOSITORY = Path("model_repository")
@@ -159,6 +160,15 @@ class ServerConfig(BaseSettings):
         ge=HTTP_OFF,
         le=MAX_PORT,
         description="HTTP/REST port; 0 picks a free one, -1 turns HTTP off.",
+    )
+    grpc_front: GrpcFrontChoice = Field(
+        "auto",
+        description=(
+            "Which transport serves gRPC: native (pygrpc-native: HTTP/2 outside the GIL, "
+            "ModelInfer in batches, everything else through grpc.aio behind it), grpcio "
+            "(grpc.aio alone), or auto: native unless TLS is configured or pygrpc-native "
+            "cannot be imported, then grpcio."
+        ),
     )
     http_request_timeout_s: float = Field(
         DEFAULT_HTTP_REQUEST_TIMEOUT_S,

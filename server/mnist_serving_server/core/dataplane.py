@@ -248,18 +248,24 @@ class DataPlane:
         requests: Sequence[InferenceRequest],
         limits: RequestLimits,
         done: Callable[[int, InferenceResponse | BaseException], None],
-    ) -> None:
+    ) -> list[asyncio.Future[Any] | None]:
         """Many calls in one step, no coroutine per call: `done(i, result)` is called exactly
         once for each requests[i], with its response or its error: at once for a call that
         is refused (bad input, unknown model, queue full), else when its batch has run.
+        Returns each queued call's future (None for the refused): cancelling it drops the
+        call from its queue, and `done` then gets a CancelledError.
         Call it on the event loop's thread; `done` runs there too and must not raise."""
+        futures: list[asyncio.Future[Any] | None] = []
         for index, request in enumerate(requests):
             try:
                 call = self.begin(request, limits)
             except Exception as exc:
                 done(index, exc)
+                futures.append(None)
                 continue
             call.future.add_done_callback(_settle(call, index, done))
+            futures.append(call.future)
+        return futures
 
     # --- the repository extension (for the whole server, every worker process) ----------
 

@@ -73,7 +73,7 @@ class InputTensor:
     little-endian bytes, or length-prefixed BYTES elements; a view, never copied),
     `values` (typed values, flat or nested) or `elements` (BYTES elements)."""
 
-    __slots__ = ("datatype", "elements", "name", "raw", "shape", "values")
+    __slots__ = ("booleans_possible", "datatype", "elements", "name", "raw", "shape", "values")
 
     def __init__(
         self,
@@ -84,6 +84,7 @@ class InputTensor:
         raw: bytes | memoryview | None = None,
         values: Sequence[Any] | None = None,
         elements: Sequence[bytes] | None = None,
+        booleans_possible: bool = True,
     ) -> None:
         self.name = name
         self.datatype = datatype
@@ -91,6 +92,10 @@ class InputTensor:
         self.raw = raw
         self.values = values
         self.elements = elements
+        self.booleans_possible = booleans_possible
+        """False when the wire cannot have put a boolean among `values` (a protobuf integer
+        field; a JSON document without `true` or `false`): the pixels' fast path then
+        needs no type scan, as bytes() refuses every other non-integer itself."""
 
 
 class InferenceRequest:
@@ -261,7 +266,13 @@ def decode_input(tensor: InputTensor, spec: TensorSpec, limits: RequestLimits) -
         raise InvalidInputError(
             f"input {name!r}: {tensor.datatype} data must be numbers, not strings"
         )
-    flat = typed_values(tensor.values, name, tensor.datatype, plan.values)
+    flat = typed_values(
+        tensor.values,
+        name,
+        tensor.datatype,
+        plan.values,
+        booleans_possible=tensor.booleans_possible,
+    )
     return to_model_array(flat, plan)
 
 
@@ -275,7 +286,9 @@ def _check_one_payload(tensor: InputTensor) -> None:
         )
 
 
-def typed_values(values: Sequence[Any], name: str, datatype: str, count: int) -> npt.NDArray[Any]:
+def typed_values(
+    values: Sequence[Any], name: str, datatype: str, count: int, *, booleans_possible: bool = True
+) -> npt.NDArray[Any]:
     """Typed values (flat or nested lists) -> a flat array of `count` values; every value of
     the datatype's kind (no booleans or strings as numbers, no numbers as booleans)."""
     allowed, gathered = _TYPED[datatype]
@@ -284,17 +297,15 @@ def typed_values(values: Sequence[Any], name: str, datatype: str, count: int) ->
         raise InvalidInputError(
             f"input {name!r}: holds {len(flat)} values, expected {count} for {datatype}"
         )
-    if datatype == UINT8:
+    if datatype == UINT8 and not booleans_possible:
         # The common case (pixels): bytes() takes ints in [0, 255] in C, several times faster
-        # than numpy's list conversion; the type test keeps True from passing as 1.
-        kinds = set(map(type, flat))
-        if kinds <= allowed:
-            try:
-                return np.frombuffer(bytes(flat), dtype=np.uint8)
-            except ValueError:
-                pass  # out of [0, 255]: the general path names the value
-    else:
-        kinds = set(map(type, flat))
+        # than numpy's list conversion, and refuses floats, strings and None itself; only a
+        # boolean would pass as 0 or 1, which is why the wire must rule those out first.
+        try:
+            return np.frombuffer(bytes(flat), dtype=np.uint8)
+        except (TypeError, ValueError):
+            pass  # the general path names the value
+    kinds = set(map(type, flat))
     if not kinds <= allowed:
         wrong = next(type(v).__name__ for v in flat if type(v) not in allowed)
         expected = " or ".join(sorted(t.__name__ for t in allowed))

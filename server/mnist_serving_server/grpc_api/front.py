@@ -85,11 +85,13 @@ class GrpcFront:
         auth_token_file: Path | None = None,
         auth_exempt_services: Sequence[str] = (),
         environ: Mapping[str, str],
+        unix_socket: Path | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
         self._health = health
-        self._address = grpc_address(host, port)
+        # Behind the native front (grpc_api/native_front.py), on a Unix socket of its own.
+        self._address = grpc_address(host, port) if unix_socket is None else f"unix:{unix_socket}"
         self._max_message_bytes = max_message_bytes
         self._max_images = max_images_per_request
         self._max_decoded_pixels = max_decoded_pixels
@@ -226,7 +228,7 @@ class GrpcFront:
             raise GrpcStartError(
                 f"cannot bind the gRPC port {address} (is another server using it?): {exc}"
             ) from None
-        if port == 0:
+        if port == 0 and not address.startswith("unix:"):
             raise GrpcStartError(f"cannot bind the gRPC port {address} (in use?)")
         return int(port)
 

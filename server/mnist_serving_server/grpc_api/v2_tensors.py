@@ -105,7 +105,9 @@ def _input(
     typed: RepeatedScalarFieldContainer[Any] = getattr(contents, field)
     if datatype == BYTES:
         return InputTensor(name, datatype, shape, elements=typed)
-    return InputTensor(name, datatype, shape, values=typed)
+    # A protobuf integer field holds integers only; bool_contents is the one boolean field.
+    booleans = field == "bool_contents"
+    return InputTensor(name, datatype, shape, values=typed, booleans_possible=booleans)
 
 
 def _parameter(parameters: Mapping[str, pb.InferParameter], name: str) -> object:

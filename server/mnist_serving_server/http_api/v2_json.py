@@ -93,7 +93,10 @@ def _parse(body: bytes, header: str | None, model: str, version: str) -> HttpInf
         raise InvalidInputError(
             f"expected exactly one input in `inputs`, got {count}; the model takes one input"
         )
-    input_tensor, binary_used = _input(_object(inputs[0], "inputs[0]"), binary)
+    # Booleans can only be among the values where the document spells one (core.inference).
+    end = len(json_part)  # the JSON is body[:end]; memoryview has no substring search
+    booleans = body.find(b"true", 0, end) >= 0 or body.find(b"false", 0, end) >= 0
+    input_tensor, binary_used = _input(_object(inputs[0], "inputs[0]"), binary, booleans)
     if binary_used != len(binary):
         raise InvalidInputError(
             f"the body holds {len(binary)} bytes of binary tensor data, the inputs' "
@@ -127,7 +130,9 @@ def _header_length(header: str | None) -> int | None:
         raise InvalidInputError("Inference-Header-Content-Length is not a number") from None
 
 
-def _input(tensor: Mapping[str, Any], binary: memoryview) -> tuple[InputTensor, int]:
+def _input(
+    tensor: Mapping[str, Any], binary: memoryview, booleans_possible: bool
+) -> tuple[InputTensor, int]:
     """The input tensor, and how many bytes of the binary part it takes."""
     name = tensor.get("name")
     datatype = tensor.get("datatype")
@@ -157,7 +162,7 @@ def _input(tensor: Mapping[str, Any], binary: memoryview) -> tuple[InputTensor, 
         raise InvalidInputError(f"input {name!r}: `data` must be a (flat or nested) JSON list")
     if datatype == BYTES:
         return InputTensor(name, datatype, shape, elements=_json_bytes(data, name)), 0
-    return InputTensor(name, datatype, shape, values=data), 0
+    return InputTensor(name, datatype, shape, values=data, booleans_possible=booleans_possible), 0
 
 
 def _json_bytes(data: list[Any], name: str) -> list[bytes]:

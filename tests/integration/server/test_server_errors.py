@@ -16,6 +16,7 @@ from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.app import ServingApp
 from mnist_serving_server.core.runtime import ModelRuntime
 from mnist_serving_server.grpc_api.drain_gate import HOLD_LIMIT_S
+from mnist_serving_server.grpc_api.front import GrpcFront
 from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.server.classify_support import metric, raw_request, wait_until
@@ -309,14 +310,15 @@ async def test_undecodable_protobuf_is_counted_once_as_invalid_argument(server: 
 
 
 def close_the_door(app: ServingApp) -> None:
-    """What the gRPC front's stop() does first, once the drain delay is over."""
+    """What the grpc.aio front's stop() does first, once the drain delay is over (the native
+    front's drain: tests/integration/v2/test_v2_native_front.py)."""
     front = app._grpc
-    assert front is not None
+    assert isinstance(front, GrpcFront)
     front.gate.close()
 
 
 async def test_call_refused_while_draining_is_unavailable_and_counted(start_app: StartApp) -> None:
-    app = await start_app()
+    app = await start_app(grpc_front="grpcio")
     close_the_door(app)
     async with aio.insecure_channel(app.target) as channel:
         # Held until just before its deadline (nobody releases the gate), then refused.
@@ -330,7 +332,7 @@ async def test_call_refused_while_draining_is_unavailable_and_counted(start_app:
 async def test_a_refusal_without_deadline_is_held_at_most_the_hold_limit(
     start_app: StartApp,
 ) -> None:
-    app = await start_app()
+    app = await start_app(grpc_front="grpcio")
     close_the_door(app)
     async with aio.insecure_channel(app.target) as channel:
         started = time.monotonic()

@@ -270,11 +270,12 @@ def http_outputs(answer: Answer) -> tuple[dict[str, Any], dict[str, np.ndarray]]
 # --- the test ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(params=["native", "grpcio"])
 async def both(
+    request: pytest.FixtureRequest,
     start_app: StartApp,
 ) -> AsyncIterator[tuple[ServingApp, pb_grpc.GRPCInferenceServiceAsyncStub]]:
-    app = await start_app()
+    app = await start_app(grpc_front=request.param)
     async with aio.insecure_channel(app.target) as channel:
         yield app, pb_grpc.GRPCInferenceServiceStub(channel)
 

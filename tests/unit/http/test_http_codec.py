@@ -137,3 +137,13 @@ def test_bytes_elements_round_trip_and_truncation() -> None:
         split_bytes_elements(joined[:-1], "x")
     with pytest.raises(InvalidInputError, match="length prefix"):
         split_bytes_elements(b"\1\0", "x")
+
+
+def test_pixels_take_the_same_checks_whether_or_not_the_document_spells_a_boolean() -> None:
+    # "true" in a string sends the values through the full type scan; the answer is the same.
+    pixels = list(range(256)) * 3 + [0] * 16
+    plain = parse({"inputs": [tensor(data=pixels)]}).array
+    spelled = parse({"id": "true", "inputs": [tensor(data=pixels)]}).array
+    assert np.array_equal(plain, spelled)
+    with pytest.raises(InvalidInputError, match="got a float"):
+        parse({"inputs": [tensor(data=[0.0, *pixels[1:]])]})

@@ -1,0 +1,330 @@
+"""The native gRPC front: HTTP/2 in Rust (pygrpc-native), outside the GIL; calls in batches.
+
+`NativeFront` binds host:port with pygrpc-native's `NativeGrpcFront`, whose I/O threads do
+HTTP/2, flow control, deadlines and cancellation without the GIL. The hot unary method, V2
+`ModelInfer`, is served here: one receiving thread takes the calls in batches
+(`recv_batch_details`) and hands each batch to the event loop in one step, where the calls
+are decoded into the core's requests and given to `DataPlane.infer_batch` together: no
+coroutine per call. Each answer goes back from the batch's done-callback (`respond` and
+`fail` only queue it for the I/O threads). Every other method (Classify, health,
+reflection, both streams, metadata, repository, config, statistics) is forwarded by
+pygrpc-native to the grpc.aio server (`GrpcFront`) behind it, on a Unix socket in a
+private folder: those keep every behaviour they had.
+
+What grpc.aio did for ModelInfer is done here: the message size limit (checked before
+decoding), bearer tokens (health and reflection, forwarded, stay open as the fallback's
+interceptor decides), the deadline (dropped before compute by the batcher), a client's
+cancellation (its queued call is dropped), one count per call with its code, and the
+drain: once stopping, new calls get UNAVAILABLE while the accepted ones finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from mnist_serving_proto import open_inference_pb2 as pb
+from mnist_serving_server.core.dataplane import DataPlane
+from mnist_serving_server.core.drain import SHUTTING_DOWN
+from mnist_serving_server.core.inference import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestLimits,
+)
+from mnist_serving_server.core.tokens import (
+    REASON_UNAUTHENTICATED,
+    UNAUTHENTICATED_DETAILS,
+    BearerTokens,
+)
+from mnist_serving_server.grpc_api import v2_tensors
+from mnist_serving_server.grpc_api.call_metrics import RequestRecord
+from mnist_serving_server.grpc_api.front import GrpcFront, GrpcStartError, grpc_address
+from mnist_serving_server.grpc_api.grpc_errors import status_for
+from mnist_serving_server.metrics import ServerMetrics
+
+try:  # pygrpc-native ships wheels for Linux and macOS; elsewhere the grpcio front serves
+    from pygrpc_native import EVENT_CANCEL, NativeGrpcFront
+
+    NATIVE_FRONT_AVAILABLE = True
+except ImportError:  # pragma: no cover - the locked environments have it
+    NATIVE_FRONT_AVAILABLE = False
+
+logger = logging.getLogger(__name__)
+
+MODEL_INFER: Final = "/inference.GRPCInferenceService/ModelInfer"
+METHOD_NAME: Final = "ModelInfer"
+# Calls taken per batch from the I/O threads: more than the model's batch ever holds, so a
+# burst reaches the core in one step.
+MAX_EVENTS: Final = 1024
+IO_THREADS: Final = 2
+# After the last answer is queued, how long the I/O threads get to write it before close()
+# (which ends every stream at once): answers counted as sent by pygrpc-native's own
+# counters, then this margin for the bytes in flight.
+FLUSH_MARGIN_S: Final = 0.02
+FLUSH_LIMIT_S: Final = 1.0
+SOCKET_NAME: Final = "grpcio.sock"
+# As the grpc.aio front words it (message_guard.py), so that both fronts answer alike.
+MALFORMED_MESSAGE: Final = (
+    "the request is not a valid protobuf message for this method: "
+    "expected an inference.ModelInferRequest"
+)
+_UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE.value[0]
+_UNAUTHENTICATED: Final = grpc.StatusCode.UNAUTHENTICATED.value[0]
+_RESOURCE_EXHAUSTED: Final = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+_INVALID_ARGUMENT: Final = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+class _Call:
+    """One native call between its arrival and its answer."""
+
+    __slots__ = ("call_id", "future", "raw", "record")
+
+    def __init__(self, call_id: int, record: RequestRecord) -> None:
+        self.call_id = call_id
+        self.record = record
+        self.raw = False
+        self.future: asyncio.Future[Any] | None = None
+
+
+class NativeFront:
+    """pygrpc-native on host:port for ModelInfer, `fallback` (a GrpcFront bound to a Unix
+    socket of its own) for everything else; `port` is the bound port once started."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: ServerMetrics,
+        fallback: GrpcFront,
+        host: str,
+        port: int,
+        *,
+        socket_dir: Path,
+        max_message_bytes: int,
+        limits: RequestLimits,
+        tokens: BearerTokens | None,
+        reuse_port: bool,
+    ) -> None:
+        self._dataplane = dataplane
+        self._metrics = metrics
+        self._fallback = fallback
+        self._address = grpc_address(host, port)
+        self._socket_dir = socket_dir
+        self._max_message_bytes = max_message_bytes
+        self._limits = limits
+        self._tokens = tokens
+        self._reuse_port = reuse_port
+        self._front: Any = None
+        self._receiver: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._calls: dict[int, _Call] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self.port: int | None = None
+
+    @property
+    def token_auth(self) -> bool:
+        return self._fallback.token_auth
+
+    @property
+    def serving(self) -> bool:
+        return self._front is not None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    async def start(self) -> None:
+        """Start the fallback on its socket, then bind host:port; GrpcStartError says why not."""
+        await self._fallback.start()
+        try:
+            front = NativeGrpcFront(
+                self._address,
+                [(MODEL_INFER, False)],
+                io_threads=IO_THREADS,
+                call_details=True,  # metadata, deadline, and cancel events for unary calls
+                metrics=True,  # its per-method counters tell when every answer is written
+                reuse_port=self._reuse_port,
+            )
+        except OSError as exc:
+            raise GrpcStartError(
+                f"cannot bind the gRPC port {self._address} (is another server using it?): {exc}"
+            ) from None
+        front.set_fallback(str(self._socket_dir / SOCKET_NAME))
+        self._loop = asyncio.get_running_loop()
+        front.start()
+        self._front = front
+        self.port = int(front.bound_port)
+        self._receiver = threading.Thread(
+            target=self._receive, args=(front, self._loop), name="mnist-grpc-native", daemon=True
+        )
+        self._receiver.start()
+
+    # --- the receiving thread, then the loop ------------------------------------------
+
+    def _receive(self, front: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand every batch of events to the loop, until the front closes."""
+        while True:
+            events = front.recv_batch_details(MAX_EVENTS)  # blocks without the GIL
+            if events is None:
+                return
+            if events:
+                try:
+                    loop.call_soon_threadsafe(self._on_events, events)
+                except RuntimeError:  # the loop is closed: nobody is left to answer
+                    return
+
+    def _on_events(self, events: Sequence[Any]) -> None:
+        requests = []
+        calls = []
+        front = self._front
+        for kind, call_id, _method, payload, _key, details in events:
+            if kind == EVENT_CANCEL:
+                self._cancel(call_id)
+                continue
+            call = self._admit(front, call_id, payload, details)
+            if call is None:
+                continue
+            remaining = details[2]  # (metadata, peer, seconds left or None)
+            deadline = None if remaining is None else time.monotonic() + remaining
+            try:
+                message = pb.ModelInferRequest.FromString(payload)
+            except DecodeError:
+                self._answer_error(
+                    call,
+                    _INVALID_ARGUMENT,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    MALFORMED_MESSAGE,
+                )
+                continue
+            request, call.raw = v2_tensors.core_request(message, deadline)
+            requests.append(request)
+            calls.append(call)
+        if not requests:
+            return
+
+        def answer(index: int, result: InferenceResponse | BaseException) -> None:
+            self._answer(calls[index], requests[index], result)
+
+        futures = self._dataplane.infer_batch(requests, self._limits, answer)
+        for call, future in zip(calls, futures, strict=True):
+            call.future = future  # None when refused: already answered
+
+    def _admit(self, front: Any, call_id: int, payload: bytes, details: Any) -> _Call | None:
+        """A record for the call, or None when it is refused before decoding."""
+        record = RequestRecord(self._metrics, METHOD_NAME).__enter__()
+        if self._stopping:
+            front.fail(call_id, _UNAVAILABLE, SHUTTING_DOWN)
+            record.finish(grpc.StatusCode.UNAVAILABLE)
+            return None
+        if self._tokens is not None:
+            metadata = dict(details[0])
+            if not self._tokens.matches(metadata.get("authorization")):
+                front.fail(call_id, _UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
+                self._metrics.on_rejected(REASON_UNAUTHENTICATED)
+                record.finish(grpc.StatusCode.UNAUTHENTICATED)
+                return None
+        if len(payload) > self._max_message_bytes:
+            front.fail(
+                call_id,
+                _RESOURCE_EXHAUSTED,
+                f"the request is {len(payload)} bytes, larger than the server's limit of "
+                f"{self._max_message_bytes} (max_message_bytes); send fewer images per call",
+            )
+            record.finish(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            return None
+        call = _Call(call_id, record)
+        self._calls[call_id] = call
+        self._idle.clear()
+        return call
+
+    def _answer(
+        self, call: _Call, request: InferenceRequest, result: InferenceResponse | BaseException
+    ) -> None:
+        call.record.model = request.resolved_model
+        call.record.version = request.resolved_version
+        if isinstance(result, InferenceResponse):
+            reply = v2_tensors.grpc_response(result, raw=call.raw).SerializeToString()
+            self._done(call)
+            if self._front.respond(call.call_id, reply):
+                call.record.finish(grpc.StatusCode.OK)
+            else:  # the caller left (cancelled, or its deadline passed) meanwhile
+                call.record.finish(grpc.StatusCode.CANCELLED)
+            return
+        if isinstance(result, asyncio.CancelledError):
+            self._done(call)
+            call.record.finish(grpc.StatusCode.CANCELLED)
+            return
+        code, message = status_for(result)
+        self._answer_error(call, code.value[0], code, message)
+
+    def _answer_error(self, call: _Call, number: int, code: grpc.StatusCode, message: str) -> None:
+        self._done(call)
+        self._front.fail(call.call_id, number, message)
+        call.record.finish(code)
+
+    def _cancel(self, call_id: int) -> None:
+        """The caller cancelled, or its deadline passed: free its place in the queue."""
+        call = self._calls.get(call_id)
+        if call is not None and call.future is not None and not call.future.done():
+            call.future.cancel()  # the batch's callback then counts it CANCELLED
+
+    def _done(self, call: _Call) -> None:
+        self._calls.pop(call.call_id, None)
+        if not self._calls:
+            self._idle.set()
+
+    # --- stopping ----------------------------------------------------------------------
+
+    async def stop(self, grace_period_s: float) -> None:
+        """Refuse new calls (UNAVAILABLE), let the accepted ones finish within the grace
+        period, write every answer, close; then stop the fallback."""
+        front = self._front
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + grace_period_s
+        if front is not None:
+            self._stopping = True  # answers still go out through `front` while draining
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(give_up - loop.time(), 0.0))
+            except TimeoutError:
+                logger.warning("grace period over; %d native calls still running", self.in_flight)
+            await self._flush(front, min(give_up, loop.time() + FLUSH_LIMIT_S))
+            self._front = None
+            await asyncio.to_thread(front.close)
+            if self._receiver is not None:
+                await asyncio.to_thread(self._receiver.join)
+        await self._fallback.stop(max(give_up - loop.time(), 0.0))
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    async def _flush(self, front: Any, until: float) -> None:
+        """Until pygrpc-native has sent every answer it was given (its counters), then the
+        margin: close() right after respond() can lose answers still being written."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < until and not _all_answered(front.metrics()):  # noqa: ASYNC110
+            await asyncio.sleep(FLUSH_MARGIN_S)  # pygrpc-native offers no event for it
+        await asyncio.sleep(FLUSH_MARGIN_S)
+
+
+def _all_answered(counters: dict[str, Any] | None) -> bool:
+    if not counters:
+        return True
+    for method in counters.get("methods", {}).values():
+        answered = sum(entry.get("count", 0) for entry in method.get("status", {}).values())
+        if method.get("started", 0) > answered:
+            return False
+    return True
+
+
+def private_socket_dir() -> Path:
+    """A folder only this user can enter (mkdtemp: mode 0700) for the fallback's socket."""
+    return Path(tempfile.mkdtemp(prefix="mnist-serving-grpc-"))
