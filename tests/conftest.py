@@ -10,6 +10,7 @@ two cores); the training tests train their own models either way.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,6 +35,18 @@ FOLDER_MARKERS = ("unit", "integration", "e2e", "interop")
 # beats this variable): the default, auto, starts one worker per core, which multiplies
 # start-up time and memory for tests about something else. tests/e2e/workers tests auto.
 os.environ.setdefault("MNIST_SERVING_WORKERS", "1")
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """A repository script that is no package module (proto/generate.py,
+    requirements/lock.py), imported from its file."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

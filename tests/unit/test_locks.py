@@ -7,29 +7,19 @@ check as `make lock-check`, and prove it catches a dependency added without relo
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def lock_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "requirements_lock", REPO_ROOT / "requirements" / "lock.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("requirements_lock", REPO_ROOT / "requirements" / "lock.py")
 
 
 def test_every_lock_is_current(lock_module: ModuleType) -> None:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, load_script
 
 COMMITTED_DIR = REPO_ROOT / "client" / "mnist_serving_proto"
 
 
 def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "proto_generate", REPO_ROOT / "proto" / "generate.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("proto_generate", REPO_ROOT / "proto" / "generate.py")
 
 
 def test_committed_stubs_match_proto_sources(tmp_path: Path) -> None:
