@@ -60,7 +60,7 @@ PYTEST_ARGS ?=
 
 # Debian packages: every one `make` installs is named in requirements/debian.txt with its
 # group; system-deps installs DEBIAN_PACKAGES (the tests' group; mk/bench.mk adds its own).
-debian-packages = $(shell awk '$$2 == "$(1)" {print $$1}' $(LOCK_DIR)/debian.txt)
+debian-packages = $(shell awk '!/^#/ && $$2 == "$(1)" {print $$1}' $(LOCK_DIR)/debian.txt)
 DEBIAN_PACKAGES ?= $(call debian-packages,test)
 
 # apt-get needs root: use sudo when make runs as another user.

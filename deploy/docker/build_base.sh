@@ -28,7 +28,7 @@ suite=${DEBIAN_SUITE:-$(. /etc/os-release && echo "$VERSION_CODENAME")}
 mirror=${DEBIAN_MIRROR:-$(python3 "$here/debian_mirror.py" "$suite")}
 if ! command -v debootstrap >/dev/null; then
   # Named in requirements/debian.txt (group docker-base), with every other host package.
-  host_packages=$(awk '$2 == "docker-base" {print $1}' "$here/../../requirements/debian.txt")
+  host_packages=$(awk '!/^#/ && $2 == "docker-base" {print $1}' "$here/../../requirements/debian.txt")
   apt-get update -qq
   # shellcheck disable=SC2086
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $host_packages >/dev/null

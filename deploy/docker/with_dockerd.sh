@@ -23,7 +23,7 @@ fi
 
 if ! command -v dockerd >/dev/null; then
   # The package's name is in requirements/debian.txt (group docker), with every other one.
-  packages=$(awk '$2 == "docker" {print $1}' "$(dirname "$0")/../../requirements/debian.txt")
+  packages=$(awk '!/^#/ && $2 == "docker" {print $1}' "$(dirname "$0")/../../requirements/debian.txt")
   echo "with_dockerd: installing Debian's $packages"
   $sudo apt-get update -qq
   # shellcheck disable=SC2086

@@ -113,3 +113,15 @@ def test_every_environment_the_makefile_builds_installs_from_its_lock() -> None:
     assert installs, "the Makefile installs nothing?"
     for line in installs:
         assert "--no-deps" in line, line
+
+
+def test_every_debian_package_line_names_a_known_group() -> None:
+    """requirements/debian.txt as the Makefile and deploy/docker/*.sh read it (awk, comments
+    skipped): one package a line, each in a group that something installs."""
+    lines = (REPO_ROOT / "requirements" / "debian.txt").read_text().splitlines()
+    entries = [line.split()[:2] for line in lines if line.strip() and not line.startswith("#")]
+    groups = {group for _, group in entries}
+    assert groups == {"test", "bench", "docker", "docker-base"}
+    packages = [package for package, _ in entries]
+    assert len(packages) == len(set(packages))
+    assert all(package[0].isalnum() for package in packages)
