@@ -292,7 +292,7 @@ def typed_values(
     """Typed values (flat or nested lists) -> a flat array of `count` values; every value of
     the datatype's kind (no booleans or strings as numbers, no numbers as booleans)."""
     allowed, gathered = _TYPED[datatype]
-    flat = _flatten(values)
+    flat = flatten_values(values)
     if len(flat) != count:
         raise InvalidInputError(
             f"input {name!r}: holds {len(flat)} values, expected {count} for {datatype}"
@@ -319,7 +319,7 @@ def typed_values(
         raise InvalidInputError(f"input {name!r}: a value does not fit {datatype}") from None
 
 
-def _flatten(values: Sequence[Any]) -> Sequence[Any]:
+def flatten_values(values: Sequence[Any]) -> Sequence[Any]:
     """Nested lists (a JSON tensor in its shape) -> one flat list; a flat list as it is, and
     any other sequence (a protobuf repeated field) as a list."""
     if not isinstance(values, list):

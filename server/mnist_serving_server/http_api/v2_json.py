@@ -21,6 +21,7 @@ from mnist_serving_server.core.inference import (
     InferenceRequest,
     InferenceResponse,
     InputTensor,
+    flatten_values,
     malformed,
     requested_output,
 )
@@ -166,19 +167,14 @@ def _input(
 
 
 def _json_bytes(data: list[Any], name: str) -> list[bytes]:
-    flat: list[bytes] = []
-    stack: list[Any] = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        elif isinstance(item, str):
-            flat.append(item.encode())
-        else:
+    """BYTES `data` (strings, flat or nested) -> the elements."""
+    flat = flatten_values(data)
+    for item in flat:
+        if not isinstance(item, str):
             raise InvalidInputError(
                 f"input {name!r}: BYTES `data` must hold strings, got a {type(item).__name__}"
             )
-    return flat
+    return [item.encode() for item in flat]
 
 
 def _requested_outputs(outputs: Any) -> tuple[list[Any], frozenset[str]]:

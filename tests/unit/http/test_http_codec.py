@@ -147,3 +147,12 @@ def test_pixels_take_the_same_checks_whether_or_not_the_document_spells_a_boolea
     assert np.array_equal(plain, spelled)
     with pytest.raises(InvalidInputError, match="got a float"):
         parse({"inputs": [tensor(data=[0.0, *pixels[1:]])]})
+
+
+@pytest.mark.parametrize("bad", [None, 7, True, {"a": 1}])
+def test_bytes_data_holds_strings_only(bad: Any) -> None:
+    document = {
+        "inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [2], "data": [["x"], [bad]]}]
+    }
+    with pytest.raises(InvalidInputError, match="BYTES `data` must hold strings, got a"):
+        parse(document)
