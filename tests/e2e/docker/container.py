@@ -113,9 +113,9 @@ class Container:
         result: dict[str, Any] = state
         return result
 
-    def logs(self) -> str:
+    def logs(self, tail: str = "60") -> str:
         result = subprocess.run(
-            ["docker", "logs", "--tail", "60", self.container_id],
+            ["docker", "logs", "--tail", tail, self.container_id],
             capture_output=True,
             text=True,
             timeout=DOCKER_TIMEOUT_S,
@@ -136,8 +136,16 @@ class Container:
             text: str = response.read().decode("utf-8")
         return text
 
+    def every_worker_ready(self) -> bool:
+        """With --workers N, whether the parent logged "ready" (every worker warm): health is
+        per worker, so one connection's SERVING says nothing of the worker the next lands on."""
+        lines = [_json_line(line) for line in self.logs(tail="all").splitlines()]
+        workers = [line for line in lines if line.get("logger") == WORKERS_LOGGER]
+        return not workers or any(line.get("message") == "ready" for line in workers)
+
     def wait_until_serving(self, timeout_s: float = SERVING_TIMEOUT_S) -> None:
-        """Poll grpc.health.v1 from the host until SERVING (bounded in time and count)."""
+        """Poll grpc.health.v1 from the host until SERVING, and, with several workers, until
+        every one is warm (bounded in time and count)."""
         deadline = time.monotonic() + timeout_s
         last = "no answer yet"
         with grpc.insecure_channel(self.grpc_target) as channel:
@@ -151,7 +159,10 @@ class Container:
                     reply = stub.Check(
                         health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=2
                     )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        reply.status == health_pb2.HealthCheckResponse.SERVING
+                        and self.every_worker_ready()
+                    ):
                         return
                     last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
                 except grpc.RpcError as error:
@@ -216,3 +227,15 @@ def run_container(image: str, *server_args: str) -> Iterator[Container]:
         yield container
     finally:
         docker("rm", "--force", "--volumes", container_id, check=False)
+
+
+WORKERS_LOGGER = "mnist_serving_server.workers"
+
+
+def _json_line(line: str) -> dict[str, Any]:
+    """A JSON log line (server.env sets MNIST_SERVING_LOG_FORMAT=json), or {}."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
