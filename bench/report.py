@@ -30,8 +30,14 @@ BATCH_VS_ORT_TARGET = 0.7
 V2_VS_CLASSIFY_TARGET = 0.9  # "within 10%"
 INT8_VS_FP32_TARGET = 2.0
 # Issue 13's targets, on the h2load rows of one run.
-V2_CPU_VS_ECHO_TARGET = 1.3
+V2_CPU_VS_ECHO_TARGET = 1.3  # the grpc.aio front (--grpc-front grpcio)
+# The native front (the default): below grpc.aio's own floor, near pygrpc-native's.
+NATIVE_V2_CPU_VS_ECHO_TARGET = 0.5
+NATIVE_V2_CPU_VS_NATIVE_ECHO_TARGET = 2.0
+NATIVE_VS_GRPCIO_RATE_TARGET = 2.5  # req/s, the defaults against --grpc-front grpcio
+TRACING_CPU_TARGET = 1.25  # CPU/req, --tracing on (every call sampled) against the defaults
 H2LOAD_P99_TARGET_MS = 25.0
+NATIVE_H2LOAD_P99_TARGET_MS = 15.0
 HTTP_CPU_VS_ASGI_ECHO_TARGET = 3.0
 HTTP_CPU_VS_GRPC_TARGET = 0.5
 WORKERS_SCALE_TARGET = 1.7  # req/s, --workers N against --workers 1
@@ -44,6 +50,8 @@ ORT_REFERENCE_BATCH = str(BATCH_IMAGES)
 AT_LEAST = ">="
 AT_MOST = "<="
 WORKERS_FLAG = re.compile(r"--workers[= ](\S+)")
+GRPCIO_FRONT_FLAG = re.compile(r"--grpc-front[= ]grpcio\b")
+TRACING_ON_FLAG = re.compile(r"--tracing[= ]on\b")
 
 DOCS_BEGIN = "<!-- bench:begin (written by `make bench`; edit outside these markers) -->"
 DOCS_END = "<!-- bench:end -->"
@@ -101,6 +109,16 @@ def workers_flag(server_args: Sequence[str]) -> int | None:
     """The number a configuration's --workers flag sets (None: no flag, or not a number)."""
     match = WORKERS_FLAG.search(" ".join(server_args))
     return int(match.group(1)) if match and match.group(1).isdigit() else None
+
+
+def grpcio_front(server_args: Sequence[str]) -> bool:
+    """Whether a configuration serves gRPC with grpc.aio (else the native front: the bench
+    runs without TLS, where --grpc-front auto picks it)."""
+    return GRPCIO_FRONT_FLAG.search(" ".join(server_args)) is not None
+
+
+def tracing_on(server_args: Sequence[str]) -> bool:
+    return TRACING_ON_FLAG.search(" ".join(server_args)) is not None
 
 
 def workers_in(server_args: Sequence[str], cores: int = 1) -> int:
@@ -170,9 +188,15 @@ def compute_ratios(document: Mapping[str, Any]) -> list[Ratio]:
                 V2_VS_CLASSIFY_TARGET,
                 AT_LEAST,
             ),
-            *_h2load_ratios(label, scenarios, echo, _by_name(document["http_echo"])),
+            *_h2load_ratios(
+                label,
+                scenarios,
+                echo,
+                _by_name(document["http_echo"]),
+                None if grpcio_front(server["server_args"]) else _by_name(document["native_echo"]),
+            ),
         ]
-    return ratios + _scaling_ratios(document["servers"])
+    return ratios + _scaling_ratios(document["servers"]) + _config_ratios(document["servers"])
 
 
 def _p99(scenarios: Mapping[str, Mapping[str, Any]], name: str) -> float | None:
@@ -187,25 +211,42 @@ def _h2load_ratios(
     scenarios: Mapping[str, Mapping[str, Any]],
     echo: Mapping[str, Mapping[str, Any]],
     http_echo: Mapping[str, Mapping[str, Any]],
+    native_echo: Mapping[str, Mapping[str, Any]] | None,
 ) -> list[Ratio]:
-    """Issue 13's per-request CPU targets: against the floors and between the protocols."""
+    """Per-request CPU against the floors and between the protocols (issue 13), and for the
+    native front (`native_echo` given) against both gRPC floors (issue 21)."""
     v2_cpu = _rate(scenarios, H2LOAD_V2_NAME, CPU_KEY)
     http_cpu = _rate(scenarios, H2LOAD_HTTP_NAME, CPU_KEY)
-    return [
+    native = native_echo is not None
+    ratios = [
         Ratio(
             f"CPU/req / echo floor's ({H2LOAD_V2_NAME})",
             label,
             H2LOAD_V2_NAME,
             _divide(v2_cpu, _rate(echo, H2LOAD_V2_NAME, CPU_KEY)),
-            V2_CPU_VS_ECHO_TARGET,
+            NATIVE_V2_CPU_VS_ECHO_TARGET if native else V2_CPU_VS_ECHO_TARGET,
             AT_MOST,
         ),
+    ]
+    if native_echo is not None:
+        ratios.append(
+            Ratio(
+                f"CPU/req / native echo floor's ({H2LOAD_V2_NAME})",
+                label,
+                H2LOAD_V2_NAME,
+                _divide(v2_cpu, _rate(native_echo, H2LOAD_V2_NAME, CPU_KEY)),
+                NATIVE_V2_CPU_VS_NATIVE_ECHO_TARGET,
+                AT_MOST,
+            )
+        )
+    return [
+        *ratios,
         Ratio(
             f"{H2LOAD_V2_NAME} p99 ms",
             label,
             H2LOAD_V2_NAME,
             _p99(scenarios, H2LOAD_V2_NAME),
-            H2LOAD_P99_TARGET_MS,
+            NATIVE_H2LOAD_P99_TARGET_MS if native else H2LOAD_P99_TARGET_MS,
             AT_MOST,
         ),
         Ratio(
@@ -225,6 +266,45 @@ def _h2load_ratios(
             AT_MOST,
         ),
     ]
+
+
+def _config_ratios(servers: Sequence[Mapping[str, Any]]) -> list[Ratio]:
+    """The defaults against a --grpc-front grpcio configuration (h2load V2 req/s), and a
+    --tracing on configuration against the defaults (CPU per request), when the run has them."""
+    defaults = next((s for s in servers if not s["server_args"]), None)
+    if defaults is None:
+        return []
+    default_rows = _by_name(defaults["scenarios"])
+    ratios = []
+    for server in servers:
+        rows = _by_name(server["scenarios"])
+        if grpcio_front(server["server_args"]):
+            ratios.append(
+                Ratio(
+                    f"defaults req/s / {server['label']}'s",
+                    defaults["label"],
+                    H2LOAD_V2_NAME,
+                    _divide(
+                        _rate(default_rows, H2LOAD_V2_NAME, RATE_KEY),
+                        _rate(rows, H2LOAD_V2_NAME, RATE_KEY),
+                    ),
+                    NATIVE_VS_GRPCIO_RATE_TARGET,
+                    AT_LEAST,
+                )
+            )
+        if tracing_on(server["server_args"]):
+            for name in (H2LOAD_V2_NAME, H2LOAD_HTTP_NAME):
+                ratios.append(
+                    Ratio(
+                        f"CPU/req ({name}) / the defaults'",
+                        server["label"],
+                        name,
+                        _divide(_rate(rows, name, CPU_KEY), _rate(default_rows, name, CPU_KEY)),
+                        TRACING_CPU_TARGET,
+                        AT_MOST,
+                    )
+                )
+    return ratios
 
 
 def _scaling_ratios(servers: Sequence[Mapping[str, Any]]) -> list[Ratio]:
@@ -353,6 +433,8 @@ def render_table(document: Mapping[str, Any], ratios: Sequence[Ratio]) -> str:
         ]
     for scenario in document["echo"]:
         rows.append(_scenario_row("echo server", scenario, ratios))
+    for scenario in document["native_echo"]:
+        rows.append(_scenario_row("native echo", scenario, ratios))
     for scenario in document["http_echo"]:
         rows.append(_scenario_row("ASGI echo", scenario, ratios))
     for server in document["servers"]:
@@ -396,12 +478,14 @@ def render_docs_section(
         "",
         "Ceilings: *ONNX Runtime in process* is the model alone (best 0.25 s slice per batch "
         "size); *echo server* is a bare grpc.aio server on uvloop answering the same RPCs "
-        "(Classify, ClassifyStream and V2 ModelInfer) with the request bytes, the gRPC floor; "
-        "*ASGI echo* is a bare ASGI app echoing the body on the server's HTTP stack, the HTTP "
-        "floor. Open-loop rows send at a fixed rate (Poisson) and time each request "
-        "from its scheduled send time. *Server CPU* is the server's process tree CPU time "
-        "(utime + stime of the parent and its workers) over the window divided by requests "
-        "completed in it.",
+        "(Classify, ClassifyStream and V2 ModelInfer) with the request bytes, the grpc.aio "
+        "front's floor; *native echo* is a bare pygrpc-native front (bench/native_echo.py) "
+        "answering the same bytes from one thread that takes the calls in batches, the "
+        "native front's floor; *ASGI echo* is a bare ASGI app echoing the body on the "
+        "server's HTTP stack, the HTTP floor. Open-loop rows send at a fixed rate (Poisson) "
+        "and time each request from its scheduled send time. *Server CPU* is the server's "
+        "process tree CPU time (utime + stime of the parent and its workers) over the window "
+        "divided by requests completed in it.",
         "",
         "*h2load* rows: a warm-up run, then a fixed number of calls (about the measured "
         "duration at the warm-up's rate) that all complete; latency percentiles from h2load's "

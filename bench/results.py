@@ -13,7 +13,8 @@ from bench.scenarios import Scenario
 from bench.stats import MS_PER_S, LatencySummary, summarize_latencies
 
 # 2: h2load rows (with an "h2load" report) and the ASGI echo's rows ("http_echo").
-RESULTS_SCHEMA_VERSION = 2
+# 3: the bare pygrpc-native echo's rows ("native_echo"), the native front's floor.
+RESULTS_SCHEMA_VERSION = 3
 OK_CODE = "OK"
 US_PER_S = 1e6
 
@@ -151,6 +152,7 @@ _DOCUMENT_KEYS: dict[str, tuple[type, ...]] = {
     "ort_ceiling": (dict, type(None)),
     "echo": (list,),
     "http_echo": (list,),
+    "native_echo": (list,),
     "servers": (list,),
     "ratios": (list,),
 }
@@ -226,6 +228,7 @@ def validate_results_document(document: Any) -> list[str]:
         problems.append(f"document.schema_version: expected {RESULTS_SCHEMA_VERSION}")
     _check_scenarios("echo", document["echo"], problems)
     _check_scenarios("http_echo", document["http_echo"], problems)
+    _check_scenarios("native_echo", document["native_echo"], problems)
     for index, server in enumerate(document["servers"]):
         _check_keys(f"servers[{index}]", server, _SERVER_KEYS, problems)
         if isinstance(server, dict) and isinstance(server.get("scenarios"), list):

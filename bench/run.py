@@ -1,9 +1,12 @@
 """`make bench`: measure the ceilings and the server in one run, print one table, write docs.
 
-Order: the in-process ONNX Runtime ceiling, then the bare grpc.aio echo server (the gRPC
-floor) and the bare ASGI echo (the HTTP floor), then each server configuration
+Order: the in-process ONNX Runtime ceiling, then the bare grpc.aio echo server (the grpc.aio
+front's floor), the bare pygrpc-native echo (the native front's floor) and the bare ASGI
+echo (the HTTP floor), then each server configuration
 (`--server-args`, repeatable: several configurations are compared in one run, e.g.
-`--workers 1` against `--workers 2`). Each service runs as its own process. The
+`--workers 1` against `--workers 2`; a configuration with `--tracing on` exports every
+call's spans to an OTLP/HTTP sink the bench runs, bench/otlp_sink.py). Each service runs as
+its own process. The
 single-image unary rows (gRPC V2, Classify, HTTP binary V2) are driven by h2load, a C
 client (bench/h2load.py); streams, multi-image and open-loop rows by separate Python
 client processes (bench.loadgen). Results go to bench/results/ (JSON) and
@@ -36,6 +39,7 @@ from bench import h2load, plan
 from bench.h2load import CountReader, H2loadError
 from bench.loadgen import LoadGenError, run_scenario
 from bench.ort_ceiling import DEFAULT_BATCH_SIZES, DEFAULT_SECONDS_PER_BATCH_SIZE
+from bench.otlp_sink import DiscardingCollector
 from bench.plan import BenchSettings
 from bench.processes import ServiceProcess, ServiceStartError, python_module_command
 from bench.report import (
@@ -44,6 +48,7 @@ from bench.report import (
     render_docs_section,
     render_ratio_lines,
     render_table,
+    tracing_on,
     write_docs,
 )
 from bench.results import RESULTS_SCHEMA_VERSION, validate_results_document
@@ -383,8 +388,31 @@ def run_server_config(
         *SERVER_BASE_ARGS,
         *server_argv,
     )
+    if not tracing_on(server_argv):
+        return _run_server(label, command, None, settings, logs_dir, runner, index)
+    with DiscardingCollector() as sink:
+        env = {**os.environ, **sink.exporter_environment()}
+        results = _run_server(label, command, env, settings, logs_dir, runner, index)
+    if results and not sink.exports:
+        runner.failures.append(f"server [{label}]: traced, but exported no spans to the sink")
+    runner.notes.append(f"server [{label}]: {sink.exports} OTLP exports to the bench's sink")
+    return results
+
+
+def _run_server(
+    label: str,
+    command: Sequence[str],
+    env: dict[str, str] | None,
+    settings: BenchSettings,
+    logs_dir: Path,
+    runner: Runner,
+    index: int,
+) -> list[dict[str, Any]]:
     service = ServiceProcess(
-        command, log_path=logs_dir / f"server-{index}.log", ready_timeout_s=SERVER_READY_TIMEOUT_S
+        command,
+        log_path=logs_dir / f"server-{index}.log",
+        ready_timeout_s=SERVER_READY_TIMEOUT_S,
+        env=env,
     )
     log(f"server [{label}]: {shlex.join(command)}")
     with_v2 = v2_stubs_available()
@@ -451,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ort_ceiling": None,
         "echo": [],
         "http_echo": [],
+        "native_echo": [],
         "servers": [],
         "ratios": [],
     }
@@ -482,6 +511,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         except ServiceStartError as error:
             failures.append(f"echo server: {error}")
+        native_echo = ServiceProcess(
+            python_module_command("bench.native_echo", "--port", "0"),
+            log_path=logs_dir / "native-echo.log",
+        )
+        try:
+            with native_echo:
+                document["native_echo"] = runner.run_h2load(
+                    "native echo",
+                    native_echo,
+                    plan.h2load_echo_scenarios(settings),
+                    lambda api: h2load.grpc_echo_counter(native_echo.target),
+                )
+        except ServiceStartError as error:
+            failures.append(f"native echo: {error}")
         http_echo = ServiceProcess(
             python_module_command("bench.asgi_echo"), log_path=logs_dir / "asgi-echo.log"
         )

@@ -59,6 +59,7 @@ from mnist_serving_client.repository import (
     repository_model_request,
     repository_models_from_response,
 )
+from mnist_serving_client.tracing import trace_metadata
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 
 # Images per stream request: 1 sends each image as soon as the iterable yields it (lowest
@@ -325,8 +326,9 @@ class ClientBase:
 
     @property
     def _call_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The gRPC headers every call carries (the bearer token), not model metadata."""
-        return self._settings.call_metadata()
+        """The gRPC headers every call carries (the bearer token, and the caller's trace
+        context when opentelemetry-api is installed: tracing.py), not model metadata."""
+        return self._settings.call_metadata() + trace_metadata()
 
 
 class StreamRequestBuilder:

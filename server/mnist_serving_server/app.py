@@ -4,11 +4,13 @@ Start: pick the default model from the repository's folders (an ambiguous or emp
 repository fails here), start the gRPC front (health NOT_SERVING) and the HTTP front, then
 `/metrics`; then, in the background, load and warm up every model of the repository
 (worker threads), then health SERVING and the ready file; in poll mode, re-read the
-repository periodically.
+repository periodically. Tracing (telemetry.py), when on, is set up first, so that the
+first call is traced.
 Stop (SIGTERM/SIGINT, or `stop()` in tests): health NOT_SERVING at once, keep serving
 for `drain_delay_s` so load balancers notice, then both fronts refuse new calls and give
 the in-flight ones `grace_period_s` to finish, cancelling none (core/drain.py); then every
-batcher stops and `/metrics` closes.
+batcher stops, `/metrics` closes and the spans still queued are exported (a few seconds
+at most).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from mnist_serving_server.http_api.front import HttpFront
 from mnist_serving_server.logs import log_fields
 from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_metrics_server
 from mnist_serving_server.peers import PeerLink, WorkerGroup
+from mnist_serving_server.telemetry import Telemetry, TelemetryConfigError, start_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +232,7 @@ def log_serving(
     grpc_port: int,
     http_port: int | None,
     metrics_port: int | None,
+    tracing: bool = False,
 ) -> None:
     """The one line that says what this server is and how it was started."""
     logger.info(
@@ -244,6 +248,7 @@ def log_serving(
             tls=config.tls_enabled,
             mtls=config.tls_client_ca is not None,
             token_auth=token_auth,
+            tracing=tracing,
             max_batch_size=config.max_batch_size,
             max_queue_delay_ms=config.max_queue_delay_ms,
             max_queue_size=config.max_queue_size,
@@ -300,6 +305,7 @@ class ServingApp:
         self.http_app: V2HttpApp | None = None
         """The HTTP front's ASGI app (None when HTTP is off); kept after stop for tests."""
         self._metrics_server: MetricsServer | None = None
+        self._telemetry: Telemetry | None = None
         self._warm_up_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -369,6 +375,10 @@ class ServingApp:
     async def _start_serving(self) -> None:
         config = self.config
         default_model = self.models.resolve_default_model()
+        try:
+            self._telemetry = start_tracing(config.tracing, os.environ)
+        except TelemetryConfigError as exc:
+            raise ServerStartError(str(exc)) from None
         if self._peers is not None:
             await self._peers.start()
         await self.health.start()
@@ -384,6 +394,7 @@ class ServingApp:
             grpc_port=self.grpc_port,
             http_port=self.http_port,
             metrics_port=self.metrics_port,
+            tracing=self._telemetry is not None,
         )
 
     async def _start_grpc(self) -> GrpcFront | NativeFront:
@@ -503,6 +514,9 @@ class ServingApp:
         if ready_file is not None and self._grpc is not None and self._grpc.port is not None:
             with contextlib.suppress(FileNotFoundError):
                 ready_file.unlink()
+        telemetry, self._telemetry = self._telemetry, None
+        if telemetry is not None:  # last: the spans of the calls just drained go out too
+            await asyncio.to_thread(telemetry.shutdown)
 
 
 async def serve(

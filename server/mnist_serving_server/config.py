@@ -45,6 +45,7 @@ Provider = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 GrpcFrontChoice = Literal["auto", "native", "grpcio"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+TracingMode = Literal["auto", "on", "off"]
 
 DEFAULT_MODEL_REPOSITORY = Path("model_repository")
 DEFAULT_MODEL_CONTROL_MODE = ModelControlMode.EXPLICIT
@@ -65,6 +66,7 @@ DEFAULT_GRACE_PERIOD_S = 20.0
 PROVIDERS: tuple[str, ...] = get_args(Provider)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+TRACING_MODES: tuple[str, ...] = get_args(TracingMode)
 MODEL_CONTROL_MODES: tuple[str, ...] = tuple(mode.value for mode in ModelControlMode)
 # Callable without a bearer token unless configured otherwise: health, so Kubernetes probes
 # (which cannot send metadata) work, and reflection (the API's schema is public anyway).
@@ -285,6 +287,14 @@ class ServerConfig(BaseSettings):
     log_level: LogLevel = Field(
         "INFO", description="Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."
     )
+    tracing: TracingMode = Field(
+        "auto",
+        description=(
+            "OpenTelemetry traces, exported by OTLP and configured by the standard OTEL_* "
+            "variables (docs/operations.md, Tracing): on, off, or auto: on when "
+            "OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set."
+        ),
+    )
     workers: int | Literal["auto"] = Field(
         WORKERS_AUTO,
         description=(
@@ -318,6 +328,11 @@ class ServerConfig(BaseSettings):
     @classmethod
     def _upper_case_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("tracing", mode="before")
+    @classmethod
+    def _lower_case_tracing(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("auth_exempt_services", mode="before")
     @classmethod

@@ -3,7 +3,9 @@
 Key facts travel as `extra={"fields": {...}}`: the text format appends them as key=value,
 the JSON format as top-level keys, so log pipelines can filter on `grpc_port` or `sha256`.
 Nothing logs per request at INFO: at thousands of requests per second that would cost more
-than the model.
+than the model. A JSON line written while a span is current (tracing on: a call's server
+span in its handler, a batch's span when it fails) carries `trace_id` and `span_id`, the
+W3C hex forms a tracing backend (Tempo, Jaeger) searches by.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from opentelemetry import trace
+
 FIELDS_ATTRIBUTE = "fields"
+TRACE_ID_KEY = "trace_id"
+SPAN_ID_KEY = "span_id"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The `grpc` and `asyncio` loggers are chatty at INFO; keep them at WARNING. (ONNX Runtime
 # logs through its own C++ logger, not Python's logging: its verbosity is a session option.)
@@ -52,6 +58,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(_fields(record))
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            entry[TRACE_ID_KEY] = trace.format_trace_id(span_context.trace_id)
+            entry[SPAN_ID_KEY] = trace.format_span_id(span_context.span_id)
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -32,10 +32,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from mnist_serving_server.core import tracing
 from mnist_serving_server.core.drain import SHUTTING_DOWN
 from mnist_serving_server.core.errors import (
     DeadlineExceededError,
@@ -43,6 +44,9 @@ from mnist_serving_server.core.errors import (
     NotReadyError,
     QueueFullError,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, SpanContext, Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +86,17 @@ class BatcherObserver(Protocol):
 class _Request:
     """One caller's images, its future, and how many of its rows are already batched."""
 
-    __slots__ = ("deadline", "enqueued_at", "future", "parts", "pixels", "rows", "taken")
+    __slots__ = (
+        "deadline",
+        "enqueued_at",
+        "future",
+        "parts",
+        "pixels",
+        "queued_ns",
+        "rows",
+        "taken",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -91,6 +105,7 @@ class _Request:
         future: asyncio.Future[Outputs],
         deadline: float | None,
         enqueued_at: float,
+        trace: SpanContext | None,
     ) -> None:
         self.pixels = pixels
         self.rows = rows
@@ -99,6 +114,10 @@ class _Request:
         self.enqueued_at = enqueued_at
         self.taken = 0  # rows already handed to a batch (> 0 only for a split request)
         self.parts: list[Mapping[str, np.ndarray]] = []  # outputs of earlier chunks, in order
+        # The caller's span when it is traced (core/tracing.py), and when it was queued on
+        # the spans' clock (wall time, ns); read only when a batch is traced.
+        self.trace = trace
+        self.queued_ns = 0 if trace is None else time.time_ns()
 
 
 class _Slice:
@@ -127,10 +146,13 @@ class DynamicBatcher:
         observer: BatcherObserver | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
         clock: Clock = time.monotonic,
+        trace_attributes: tracing.Attributes | None = None,
     ) -> None:
         """`clock`: seconds, never going backwards; deadlines given to `submit` are its values.
 
         It is read from the event loop and from the worker thread (compute time).
+        `trace_attributes`: what each batch span carries (the model version's name, version
+        and provider: tracing.batch_attributes) besides the batch's own numbers.
         """
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -153,6 +175,7 @@ class DynamicBatcher:
         self._waited_from_images = -1  # images queued when the current wait began; -1: none
         self._observer = observer
         self._on_failure = on_failure
+        self._trace_attributes = dict(trace_attributes or {})
         self._queue: deque[_Request] = deque()
         self._queued_images = 0
         self._running = False
@@ -262,13 +285,19 @@ class DynamicBatcher:
         return await self.enqueue(pixels, deadline=deadline)
 
     def enqueue(
-        self, pixels: np.ndarray, *, deadline: float | None = None
+        self,
+        pixels: np.ndarray,
+        *,
+        deadline: float | None = None,
+        trace: SpanContext | None = None,
     ) -> asyncio.Future[Outputs]:
         """`submit` without a coroutine: queue now, return the future of the outputs.
 
         Raises what `submit` raises before queueing, at once; the future then carries the
         outputs, DeadlineExceededError, NotReadyError or the model's failure. For callers
         that queue many requests in one step (the dataplane's batch entry point).
+        `trace`: the caller's span (sampled calls, tracing on): the batch that serves it
+        then makes its queue span and links to it (core/tracing.py).
         """
         if not self._running:
             raise NotReadyError("the batcher is not running (not started, stopping or failed)")
@@ -279,6 +308,20 @@ class DynamicBatcher:
         if deadline is not None and deadline <= now:
             self._reject(REASON_DEADLINE)
             raise DeadlineExceededError("deadline exceeded before the request was queued")
+        self.check_room(rows)
+        assert self._loop is not None  # set by start()
+        future: asyncio.Future[Outputs] = self._loop.create_future()
+        self._queue.append(_Request(pixels, rows, future, deadline, now, trace))
+        queued = self._queued_images + rows
+        self._queued_images = queued
+        if self._waiter is not None and queued >= self._wake_at_images:
+            self._wake()
+        return future
+
+    def check_room(self, rows: int) -> None:
+        """Raise QueueFullError (counted as a rejection) now if `rows` more images do not
+        fit: what `enqueue` checks, for a caller that refuses before it decodes the input
+        (under overload, a refusal must cost less than an acceptance)."""
         if rows > self._max_queue_size:
             # Permanent, not load: retrying can never succeed, so not RESOURCE_EXHAUSTED.
             raise InvalidInputError(
@@ -292,14 +335,6 @@ class DynamicBatcher:
                 f"queue full: {queued} images queued, limit {self._max_queue_size}; "
                 "retry with backoff"
             )
-        assert self._loop is not None  # set by start()
-        future: asyncio.Future[Outputs] = self._loop.create_future()
-        self._queue.append(_Request(pixels, rows, future, deadline, now))
-        queued += rows
-        self._queued_images = queued
-        if self._waiter is not None and queued >= self._wake_at_images:
-            self._wake()
-        return future
 
     # --- the batch loop -------------------------------------------------------------
 
@@ -411,14 +446,17 @@ class DynamicBatcher:
                 taken_images += remaining
                 if future.cancelled():
                     self._reject(REASON_CANCELLED)
+                    if request.trace is not None and request.taken == 0:
+                        tracing.end_queue_span(request.trace, request.queued_ns, REASON_CANCELLED)
                 continue
             if request.deadline is not None and request.deadline <= now:
                 queue.popleft()
                 taken_images += remaining
                 self._reject(REASON_DEADLINE)
-                future.set_exception(
-                    DeadlineExceededError("deadline exceeded while waiting in the queue")
-                )
+                error = DeadlineExceededError("deadline exceeded while waiting in the queue")
+                if request.trace is not None and request.taken == 0:
+                    tracing.end_queue_span(request.trace, request.queued_ns, error)
+                future.set_exception(error)
                 continue
             count = min(remaining, capacity - rows)
             start = request.taken
@@ -447,17 +485,46 @@ class DynamicBatcher:
             ]
         return batch
 
-    def _timed_run(self, batch: np.ndarray) -> tuple[Mapping[str, np.ndarray], float]:
+    def _timed_run(
+        self, batch: np.ndarray, span: Span | None
+    ) -> tuple[Mapping[str, np.ndarray], float]:
         """Runs in the worker thread. Compute is timed on the batcher's clock, like the queue
-        waits (the default, time.monotonic, reads the clock perf_counter reads on Linux)."""
+        waits (the default, time.monotonic, reads the clock perf_counter reads on Linux).
+        With the batch's `span` (tracing on), the model call is its child span."""
         clock = self._clock
         started = clock()
-        outputs = self._run_batch(batch)
+        if span is None:
+            outputs = self._run_batch(batch)
+        else:
+            outputs = tracing.run_in_span(span, lambda: self._run_batch(batch))
         return outputs, clock() - started
+
+    def _start_batch_span(self, active: Tracer, slices: list[_Slice], rows: int) -> Span | None:
+        """The batch's span, linked to each traced call it serves, and those calls' queue
+        spans; None (no span at all) when no call of the batch is traced."""
+        # One link per span: a stream's requests all belong to the stream's span.
+        calls: dict[int, SpanContext] = {}
+        queued: list[tuple[SpanContext, int]] = []
+        for piece in slices:
+            trace = piece.request.trace
+            if trace is not None:
+                calls[trace.span_id] = trace
+                if piece.start == 0:  # a split call was queued once, before its first part
+                    queued.append((trace, piece.request.queued_ns))
+        if not calls:
+            return None
+        attributes = {
+            **self._trace_attributes,
+            tracing.BATCH_SIZE: rows,
+            tracing.BATCH_REQUESTS: len(slices),
+        }
+        return tracing.start_batch_span(active, list(calls.values()), queued, attributes)
 
     async def _process_batch(self, slices: list[_Slice], rows: int) -> None:
         assert self._loop is not None
         self._in_flight = slices
+        active = tracing.tracer
+        span = None if active is None else self._start_batch_span(active, slices, rows)
         try:
             batch = self._concatenate(slices, rows)
             started = self._clock()
@@ -465,20 +532,33 @@ class DynamicBatcher:
             # would be cheaper (measured +15% requests/s): a stalled model call must never
             # freeze the event loop, and with it health checks and the SIGTERM drain.
             outputs, compute_s = await self._loop.run_in_executor(
-                self._executor, self._timed_run, batch
+                self._executor, self._timed_run, batch, span
             )
             _check_outputs(outputs, rows)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:  # stop() gave up on the model call
+            if span is not None:
+                tracing.set_error(span, exc)
+                span.end()
             raise
         except Exception as exc:
             # A model failure (or a broken invariant) fails this batch only.
-            logger.error("batch of %d images failed", rows, exc_info=exc)
+            if span is None:
+                logger.error("batch of %d images failed", rows, exc_info=exc)
+            else:
+                tracing.set_error(span, exc)
+                with tracing.current_span(span):  # the log line carries the batch's trace
+                    logger.error("batch of %d images failed", rows, exc_info=exc)
+                span.end()
             self._fail_slices(slices, exc)
             self._in_flight = []
             return
         # Still "in flight" while settling: if settling itself breaks, the dying loop
         # fails whichever of these callers are not settled yet.
-        self._settle(slices, outputs)
+        try:
+            self._settle(slices, outputs)
+        finally:
+            if span is not None:
+                span.end()
         self._in_flight = []
         if self._observer is not None:
             waits = [started - piece.request.enqueued_at for piece in slices]

@@ -11,10 +11,11 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnist_serving_server.core import tracing
 from mnist_serving_server.core.classifier import ClassifierContract
 from mnist_serving_server.core.errors import (
     FailedPreconditionError,
@@ -44,8 +45,11 @@ from mnist_serving_server.core.replicas import (
     merge_indexes,
     merge_statistics,
 )
-from mnist_serving_server.core.tensors import RequestedOutput
+from mnist_serving_server.core.tensors import RequestedOutput, takes_encoded
 from mnist_serving_server.core.triton_records import statistics_record
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 NOT_READY_MESSAGE = "the server is not ready: warming up or shutting down"
 
@@ -83,15 +87,29 @@ class PendingCall:
 
 
 def _enqueue(
-    served: ServedVersion, array: np.ndarray, deadline: float | None
+    served: ServedVersion,
+    array: np.ndarray,
+    deadline: float | None,
+    trace: SpanContext | None = None,
 ) -> tuple[asyncio.Future[dict[str, np.ndarray]], float]:
     """Queue `array` in the version's batcher: its future and when it was queued (the
-    statistics' clock); a refusal (queue full, stopped) is counted as a failure."""
+    statistics' clock); a refusal (queue full, stopped) is counted as a failure. `trace`:
+    the call's span (InferenceRequest.trace), for its queue span and the batch's link."""
     began = time.perf_counter()
     try:
-        return served.batcher.enqueue(array, deadline=deadline), began
+        return served.batcher.enqueue(array, deadline=deadline, trace=trace), began
     except BaseException:
         served.statistics.fail.add(time.perf_counter() - began)
+        raise
+
+
+def _check_room(served: ServedVersion, rows: int) -> None:
+    """Refuse now (counted as a failure, as `_enqueue` counts it) if `rows` images do not fit
+    the version's queue: under overload a refusal must cost less than an acceptance."""
+    try:
+        served.batcher.check_room(rows)
+    except BaseException:
+        served.statistics.fail.add(0.0)
         raise
 
 
@@ -189,17 +207,23 @@ class DataPlane:
         return served, contract
 
     async def infer(
-        self, served: ServedVersion, inputs: np.ndarray, *, deadline: float | None
+        self,
+        served: ServedVersion,
+        inputs: np.ndarray,
+        *,
+        deadline: float | None,
+        trace: SpanContext | None = None,
     ) -> dict[str, np.ndarray]:
         """Every output of `served` for `inputs` ([n, ...]); `deadline` is time.monotonic().
-        The Classify API's entry: its images are already the model's array.
+        The Classify API's entry: its images are already the model's array. `trace`: the
+        call's span when it is traced (see InferenceRequest.trace).
 
         Call it right after `model()` / `classifier()`, with no await in between (the
         registry's swap relies on it; see registry.py).
         """
         if not self._ready:
             raise NotReadyError(NOT_READY_MESSAGE)
-        future, began = _enqueue(served, inputs, deadline)
+        future, began = _enqueue(served, inputs, deadline, trace)
         try:
             outputs = await future
         except BaseException:
@@ -207,6 +231,40 @@ class DataPlane:
             raise
         served.statistics.success.add(time.perf_counter() - began)
         return outputs
+
+    def enqueue(
+        self,
+        served: ServedVersion,
+        inputs: np.ndarray,
+        *,
+        deadline: float | None,
+        done: Callable[[dict[str, np.ndarray] | BaseException], None],
+        trace: SpanContext | None = None,
+    ) -> asyncio.Future[Any]:
+        """`infer` without a coroutine, for a front that takes its calls in batches: queue
+        now (a refusal raises at once, as `infer` does), then `done(outputs or error)` once,
+        on the loop (a CancelledError when the returned future is cancelled). `trace` as
+        for `infer`."""
+        if not self._ready:
+            raise NotReadyError(NOT_READY_MESSAGE)
+        future, began = _enqueue(served, inputs, deadline, trace)
+
+        def settle(future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+            elapsed = time.perf_counter() - began
+            if future.cancelled():
+                served.statistics.fail.add(elapsed)
+                done(asyncio.CancelledError())
+                return
+            error = future.exception()
+            if error is not None:
+                served.statistics.fail.add(elapsed)
+                done(error)
+                return
+            served.statistics.success.add(elapsed)
+            done(future.result())
+
+        future.add_done_callback(settle)
+        return future
 
     # --- the inference entry points: one call, or many in one step ---------------------------
 
@@ -222,13 +280,23 @@ class DataPlane:
         if request.invalid is not None:
             raise request.invalid
         requested = select_outputs(request, served.output_names)
-        array = decode_input(request.input, served.info.inputs[0], limits)
+        shape = request.input.shape
+        if shape and shape[0] > 0:  # a full queue refuses before the input is decoded
+            _check_room(served, shape[0])
+        spec = served.info.inputs[0]
+        trace = request.trace
+        if trace is not None and takes_encoded(spec, request.input.datatype):
+            array = tracing.in_span(
+                tracing.DECODE_SPAN, trace, lambda: decode_input(request.input, spec, limits)
+            )
+        else:
+            array = decode_input(request.input, spec, limits)
         started = time.monotonic()
         timeout_s = queue_timeout_s(request)
         deadline = request.deadline
         if timeout_s is not None and (deadline is None or started + timeout_s < deadline):
             deadline = started + timeout_s
-        future, began = _enqueue(served, array, deadline)
+        future, began = _enqueue(served, array, deadline, trace)
         return PendingCall(served, request, requested, future, began)
 
     async def infer_request(

@@ -15,7 +15,7 @@ The classes are plain, with __slots__: one of each is built per call.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,9 @@ from mnist_serving_server.core.tensors import (
     takes_encoded,
     to_model_array,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 CLASSIFICATION_PARAMETER: Final = "classification"
 """Triton's output parameter: answer the N best classes as BYTES strings."""
@@ -111,6 +114,7 @@ class InferenceRequest:
         "resolved_model",
         "resolved_version",
         "timeout",
+        "trace",
         "version",
     )
 
@@ -143,6 +147,9 @@ class InferenceRequest:
         self.resolved_version = ""
         """The served version the core resolved the request to ("" before, or when none is):
         the front counts the call under it, whether it then succeeds or fails."""
+        self.trace: SpanContext | None = None
+        """The call's server span, when tracing is on and the call is sampled (the front
+        sets it): the core's queue, decode and batch spans belong to it (core/tracing.py)."""
 
 
 NO_INPUT: Final = InputTensor("", "", ())

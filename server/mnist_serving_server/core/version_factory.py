@@ -22,6 +22,7 @@ from mnist_serving_server.core.graph_checks import check_contract
 from mnist_serving_server.core.model_config import ModelConfig
 from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
 from mnist_serving_server.core.statistics import StatisticsObserver, VersionStatistics
+from mnist_serving_server.core.tracing import batch_attributes
 
 ObserverFactory = Callable[[ModelInfo], BatcherObserver]
 """The observer of one version's batches (the metrics' per-version observer)."""
@@ -97,6 +98,7 @@ class OnnxVersionFactory:
             latency_target_s=self._batch_latency_target_s,
             observer=StatisticsObserver(statistics, forward),
             on_failure=on_failure,
+            trace_attributes=batch_attributes(runtime.info),
         )
         await batcher.start()
         return VersionParts(runtime, batcher, statistics)

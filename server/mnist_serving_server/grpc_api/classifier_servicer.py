@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from grpc import aio
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
+from mnist_serving_server.core import tracing
 from mnist_serving_server.core.classifier import PROBABILITIES_OUTPUT, ClassifierContract
 from mnist_serving_server.core.dataplane import DataPlane
 from mnist_serving_server.core.errors import InvalidInputError
+from mnist_serving_server.core.registry import ServedVersion
 from mnist_serving_server.core.tensors import encoded_image
 from mnist_serving_server.grpc_api.call_metrics import RequestRecord, track_request
 from mnist_serving_server.grpc_api.grpc_errors import abort_with, status_code_number, status_for
 from mnist_serving_server.grpc_api.ordered_stream import replies_in_order
 from mnist_serving_server.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 ServicerContext = aio.ServicerContext[
     classifier_pb2.ClassifyRequest, classifier_pb2.ClassifyResponse
@@ -130,7 +136,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     async def Classify(  # noqa: N802 - the gRPC method name
         self, request: classifier_pb2.ClassifyRequest, context: ServicerContext
     ) -> classifier_pb2.ClassifyResponse:
-        with track_request(self._metrics, "Classify") as record:
+        with track_request(self._metrics, "Classify", context) as record:
             try:
                 return await self._classify(request, deadline_of(context), record)
             except Exception as exc:
@@ -141,23 +147,28 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         request_iterator: AsyncIterator[classifier_pb2.ClassifyRequest],
         context: ServicerContext,
     ) -> AsyncIterator[classifier_pb2.ClassifyResponse]:
-        """Requests are handled concurrently (up to STREAM_WINDOW); replies keep their order."""
-        with track_request(self._metrics, "ClassifyStream"):
+        """Requests are handled concurrently (up to STREAM_WINDOW); replies keep their order.
+        Traced, each request's queue and batch spans belong to the stream's span."""
+        with track_request(self._metrics, "ClassifyStream", context, current=False) as record:
             deadline = deadline_of(context)
+            trace = record.span_context
 
             def answer(
                 request: classifier_pb2.ClassifyRequest,
             ) -> Awaitable[classifier_pb2.ClassifyResponse]:
-                return self._classify_stream_item(request, deadline)
+                return self._classify_stream_item(request, deadline, trace)
 
             async for reply in replies_in_order(request_iterator, answer):
                 yield reply
 
     async def _classify_stream_item(
-        self, request: classifier_pb2.ClassifyRequest, deadline: float | None
+        self,
+        request: classifier_pb2.ClassifyRequest,
+        deadline: float | None,
+        trace: SpanContext | None,
     ) -> classifier_pb2.ClassifyResponse:
         try:
-            return await self._classify(request, deadline, None)
+            return await self._classify(request, deadline, None, trace)
         except Exception as exc:
             code, message = status_for(exc)
             return classifier_pb2.ClassifyResponse(
@@ -170,30 +181,67 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         request: classifier_pb2.ClassifyRequest,
         deadline: float | None,
         record: RequestRecord | None,
+        stream_trace: SpanContext | None = None,
     ) -> classifier_pb2.ClassifyResponse:
+        """One request; `record` for a unary call, `stream_trace` for a stream's request."""
         served, contract = self._dataplane.classifier(request.model_name, request.model_version)
+        trace = stream_trace
         if record is not None:
             record.model = served.name
             record.version = served.version
-        if request.top_k > contract.num_classes:
-            raise InvalidInputError(
-                f"top_k is {request.top_k}; at most {contract.num_classes} (the number of classes)"
-            )
-        pixels = request_pixels(
-            request.images,
+            if record.span is not None:
+                trace = record.trace_call(request.request_id, len(request.images))
+        pixels = classify_pixels(
+            request,
             contract,
             max_images=self._max_images,
             max_decoded_pixels=self._max_decoded_pixels,
+            trace=trace,
         )
-        outputs = await self._dataplane.infer(served, pixels, deadline=deadline)
-        return classifier_pb2.ClassifyResponse(
-            predictions=predictions(
-                outputs[PROBABILITIES_OUTPUT], request.top_k, served.info.labels
+        outputs = await self._dataplane.infer(served, pixels, deadline=deadline, trace=trace)
+        return classify_response(request, served, outputs)
+
+
+def classify_pixels(
+    request: classifier_pb2.ClassifyRequest,
+    contract: ClassifierContract,
+    *,
+    max_images: int,
+    max_decoded_pixels: int,
+    trace: SpanContext | None = None,
+) -> npt.NDArray[np.uint8]:
+    """The request's images as the model's array, once `top_k` is known to fit (both gRPC
+    fronts' Classify: this servicer and the native front). `trace`: the call's span when it
+    is traced (RequestRecord.trace_call): a decode span then covers PNG/JPEG decoding."""
+    if request.top_k > contract.num_classes:
+        raise InvalidInputError(
+            f"top_k is {request.top_k}; at most {contract.num_classes} (the number of classes)"
+        )
+    images = request.images
+    if trace is not None and any(image.WhichOneof("data") == "encoded" for image in images):
+        return tracing.in_span(
+            tracing.DECODE_SPAN,
+            trace,
+            lambda: request_pixels(
+                images, contract, max_images=max_images, max_decoded_pixels=max_decoded_pixels
             ),
-            model_name=served.name,
-            model_version=served.version,
-            request_id=request.request_id,
         )
+    return request_pixels(
+        images, contract, max_images=max_images, max_decoded_pixels=max_decoded_pixels
+    )
+
+
+def classify_response(
+    request: classifier_pb2.ClassifyRequest,
+    served: ServedVersion,
+    outputs: Mapping[str, npt.NDArray[np.float32]],
+) -> classifier_pb2.ClassifyResponse:
+    return classifier_pb2.ClassifyResponse(
+        predictions=predictions(outputs[PROBABILITIES_OUTPUT], request.top_k, served.info.labels),
+        model_name=served.name,
+        model_version=served.version,
+        request_id=request.request_id,
+    )
 
 
 def predictions(

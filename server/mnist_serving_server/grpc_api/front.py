@@ -114,6 +114,12 @@ class GrpcFront:
         """Bound, and `stop()` has not begun."""
         return self._server is not None
 
+    @property
+    def auth_exempt_services(self) -> tuple[str, ...]:
+        """The services bearer-token auth leaves open (for a front that answers some of
+        this server's methods itself: the native front)."""
+        return self._auth_exempt_services
+
     async def start(self) -> None:
         """Build, bind and start the server; GrpcStartError says why it could not."""
         registrations = self._servicers()

@@ -35,9 +35,10 @@ __all__ = [
 
 
 class CountedCall(Protocol):
-    """What counts an RPC (call_metrics.RequestRecord): told the code before it goes out."""
+    """What counts an RPC (call_metrics.RequestRecord): told the code before it goes out,
+    and the error that caused it (its kind goes on the call's span)."""
 
-    def finish(self, code: grpc.StatusCode) -> None: ...
+    def finish(self, code: grpc.StatusCode, error: BaseException | None = None) -> None: ...
 
 
 def grpc_code(status: Status) -> grpc.StatusCode:
@@ -78,7 +79,7 @@ async def abort_with(
     """
     code, message = status_for(exc)
     if record is not None:
-        record.finish(code)
+        record.finish(code, exc)
     await context.abort(code, message)
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 

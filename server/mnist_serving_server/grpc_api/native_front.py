@@ -2,16 +2,17 @@
 
 `NativeFront` binds host:port with pygrpc-native's `NativeGrpcFront`, whose I/O threads do
 HTTP/2, flow control, deadlines and cancellation without the GIL. The hot unary method, V2
-`ModelInfer`, is served here: one receiving thread takes the calls in batches
-(`recv_batch_details`) and hands each batch to the event loop in one step, where the calls
-are decoded into the core's requests and given to `DataPlane.infer_batch` together: no
-coroutine per call. Each answer goes back from the batch's done-callback (`respond` and
-`fail` only queue it for the I/O threads). Every other method (Classify, health,
+`ModelInfer`, and `Classify` are served here: one receiving thread takes the calls in
+batches (`recv_batch_details`) and hands each batch to the event loop in one step, where
+the ModelInfer calls are decoded into the core's requests and given to
+`DataPlane.infer_batch` together, and each Classify call's images are queued with
+`DataPlane.enqueue`: no coroutine per call. Each answer goes back from a done-callback
+(`respond` and `fail` only queue it for the I/O threads). Every other method (health,
 reflection, both streams, metadata, repository, config, statistics) is forwarded by
 pygrpc-native to the grpc.aio server (`GrpcFront`) behind it, on a Unix socket in a
 private folder: those keep every behaviour they had.
 
-What grpc.aio did for ModelInfer is done here: the message size limit (checked before
+What grpc.aio did for these two methods is done here: the message size limit (checked before
 decoding), bearer tokens (health and reflection, forwarded, stay open as the fallback's
 interceptor decides), the deadline (dropped before compute by the batcher), a client's
 cancellation (its queued call is dropped), one count per call with its code, and the
@@ -33,7 +34,9 @@ from typing import Any, Final
 import grpc
 from google.protobuf.message import DecodeError
 
+from mnist_serving_proto import classifier_pb2
 from mnist_serving_proto import open_inference_pb2 as pb
+from mnist_serving_server.core import tracing
 from mnist_serving_server.core.dataplane import DataPlane
 from mnist_serving_server.core.drain import SHUTTING_DOWN
 from mnist_serving_server.core.inference import (
@@ -48,6 +51,7 @@ from mnist_serving_server.core.tokens import (
 )
 from mnist_serving_server.grpc_api import v2_tensors
 from mnist_serving_server.grpc_api.call_metrics import RequestRecord
+from mnist_serving_server.grpc_api.classifier_servicer import classify_pixels, classify_response
 from mnist_serving_server.grpc_api.front import GrpcFront, GrpcStartError, grpc_address
 from mnist_serving_server.grpc_api.grpc_errors import status_for
 from mnist_serving_server.metrics import ServerMetrics
@@ -62,7 +66,13 @@ except ImportError:  # pragma: no cover - the locked environments have it
 logger = logging.getLogger(__name__)
 
 MODEL_INFER: Final = "/inference.GRPCInferenceService/ModelInfer"
-METHOD_NAME: Final = "ModelInfer"
+CLASSIFY: Final = "/mnist_serving.v1.Classifier/Classify"
+# The methods served natively, in the order given to NativeGrpcFront: an event's method id
+# is its index here. (path, the name the metrics count it under, the request message)
+NATIVE_METHODS: Final = (
+    (MODEL_INFER, "ModelInfer", pb.ModelInferRequest),
+    (CLASSIFY, "Classify", classifier_pb2.ClassifyRequest),
+)
 # Calls taken per batch from the I/O threads: more than the model's batch ever holds, so a
 # burst reaches the core in one step.
 MAX_EVENTS: Final = 1024
@@ -75,8 +85,7 @@ FLUSH_LIMIT_S: Final = 1.0
 SOCKET_NAME: Final = "grpcio.sock"
 # As the grpc.aio front words it (message_guard.py), so that both fronts answer alike.
 MALFORMED_MESSAGE: Final = (
-    "the request is not a valid protobuf message for this method: "
-    "expected an inference.ModelInferRequest"
+    "the request is not a valid protobuf message for this method: expected a {message}"
 )
 _UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE.value[0]
 _UNAUTHENTICATED: Final = grpc.StatusCode.UNAUTHENTICATED.value[0]
@@ -123,6 +132,12 @@ class NativeFront:
         self._limits = limits
         self._tokens = tokens
         self._reuse_port = reuse_port
+        # The natively served methods whose service --auth-exempt-services leaves open.
+        self._exempt_methods = frozenset(
+            method_id
+            for method_id, (path, _name, _message) in enumerate(NATIVE_METHODS)
+            if any(path.startswith(f"/{service}/") for service in fallback.auth_exempt_services)
+        )
         self._front: Any = None
         self._receiver: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,7 +165,7 @@ class NativeFront:
         try:
             front = NativeGrpcFront(
                 self._address,
-                [(MODEL_INFER, False)],
+                [(path, False) for path, _name, _message in NATIVE_METHODS],
                 io_threads=IO_THREADS,
                 call_details=True,  # metadata, deadline, and cancel events for unary calls
                 metrics=True,  # its per-method counters tell when every answer is written
@@ -185,29 +200,32 @@ class NativeFront:
                     return
 
     def _on_events(self, events: Sequence[Any]) -> None:
-        requests = []
-        calls = []
+        requests: list[InferenceRequest] = []
+        calls: list[_Call] = []
         front = self._front
-        for kind, call_id, _method, payload, _key, details in events:
+        for kind, call_id, method_id, payload, _key, details in events:
             if kind == EVENT_CANCEL:
                 self._cancel(call_id)
                 continue
-            call = self._admit(front, call_id, payload, details)
+            call = self._admit(front, call_id, method_id, payload, details)
             if call is None:
                 continue
             remaining = details[2]  # (metadata, peer, seconds left or None)
             deadline = None if remaining is None else time.monotonic() + remaining
+            message_type = NATIVE_METHODS[method_id][2]
             try:
-                message = pb.ModelInferRequest.FromString(payload)
+                message = message_type.FromString(payload)
             except DecodeError:
+                malformed = MALFORMED_MESSAGE.format(message=message_type.DESCRIPTOR.full_name)
                 self._answer_error(
-                    call,
-                    _INVALID_ARGUMENT,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    MALFORMED_MESSAGE,
+                    call, _INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT, malformed
                 )
                 continue
+            if isinstance(message, classifier_pb2.ClassifyRequest):
+                self._classify(call, message, deadline)
+                continue
             request, call.raw = v2_tensors.core_request(message, deadline)
+            call.record.trace_request(request)
             requests.append(request)
             calls.append(call)
         if not requests:
@@ -220,14 +238,17 @@ class NativeFront:
         for call, future in zip(calls, futures, strict=True):
             call.future = future  # None when refused: already answered
 
-    def _admit(self, front: Any, call_id: int, payload: bytes, details: Any) -> _Call | None:
+    def _admit(
+        self, front: Any, call_id: int, method_id: int, payload: bytes, details: Any
+    ) -> _Call | None:
         """A record for the call, or None when it is refused before decoding."""
-        record = RequestRecord(self._metrics, METHOD_NAME).__enter__()
+        # details[0]: the call's metadata, read (for its W3C trace context) only when tracing
+        record = RequestRecord(self._metrics, NATIVE_METHODS[method_id][1], details[0]).__enter__()
         if self._stopping:
             front.fail(call_id, _UNAVAILABLE, SHUTTING_DOWN)
             record.finish(grpc.StatusCode.UNAVAILABLE)
             return None
-        if self._tokens is not None:
+        if self._tokens is not None and method_id not in self._exempt_methods:
             metadata = dict(details[0])
             if not self._tokens.matches(metadata.get("authorization")):
                 front.fail(call_id, _UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
@@ -248,30 +269,89 @@ class NativeFront:
         self._idle.clear()
         return call
 
+    def _classify(
+        self, call: _Call, message: classifier_pb2.ClassifyRequest, deadline: float | None
+    ) -> None:
+        """Queue one Classify call's images (the batcher joins them with the rest of this
+        batch's calls); answered from the queue's callback, or at once when refused."""
+        record = call.record
+        try:
+            served, contract = self._dataplane.classifier(message.model_name, message.model_version)
+            record.model = served.name
+            record.version = served.version
+            trace = (
+                None
+                if record.span is None
+                else record.trace_call(message.request_id, len(message.images))
+            )
+            pixels = classify_pixels(
+                message,
+                contract,
+                max_images=self._limits.max_rows,
+                max_decoded_pixels=self._limits.max_decoded_pixels,
+                trace=trace,
+            )
+
+            def answer(result: dict[str, Any] | BaseException) -> None:
+                if isinstance(result, BaseException):
+                    self._answer_failure(call, result)
+                    return
+                try:
+                    reply = classify_response(message, served, result).SerializeToString()
+                except Exception as exc:  # answered INTERNAL (logged by status_for)
+                    self._answer_failure(call, exc)
+                    return
+                self._answer_reply(call, reply)
+
+            call.future = self._dataplane.enqueue(
+                served, pixels, deadline=deadline, done=answer, trace=trace
+            )
+        except Exception as exc:  # every refusal answered with its status
+            self._answer_failure(call, exc)
+
     def _answer(
         self, call: _Call, request: InferenceRequest, result: InferenceResponse | BaseException
     ) -> None:
         call.record.model = request.resolved_model
         call.record.version = request.resolved_version
         if isinstance(result, InferenceResponse):
-            reply = v2_tensors.grpc_response(result, raw=call.raw).SerializeToString()
-            self._done(call)
-            if self._front.respond(call.call_id, reply):
-                call.record.finish(grpc.StatusCode.OK)
-            else:  # the caller left (cancelled, or its deadline passed) meanwhile
-                call.record.finish(grpc.StatusCode.CANCELLED)
+            self._answer_reply(
+                call, v2_tensors.grpc_response(result, raw=call.raw).SerializeToString()
+            )
             return
-        if isinstance(result, asyncio.CancelledError):
+        self._answer_failure(call, result)
+
+    def _answer_reply(self, call: _Call, reply: bytes) -> None:
+        self._done(call)
+        if self._front.respond(call.call_id, reply):
+            call.record.finish(grpc.StatusCode.OK)
+        else:  # the caller left (cancelled, or its deadline passed) meanwhile
+            call.record.finish(grpc.StatusCode.CANCELLED)
+
+    def _answer_failure(self, call: _Call, error: BaseException) -> None:
+        if isinstance(error, asyncio.CancelledError):
             self._done(call)
             call.record.finish(grpc.StatusCode.CANCELLED)
             return
-        code, message = status_for(result)
-        self._answer_error(call, code.value[0], code, message)
+        span = call.record.span
+        if span is None:
+            code, message = status_for(error)
+        else:  # so that an INTERNAL error's log line carries the call's trace id
+            with tracing.current_span(span):
+                code, message = status_for(error)
+        self._answer_error(call, code.value[0], code, message, error)
 
-    def _answer_error(self, call: _Call, number: int, code: grpc.StatusCode, message: str) -> None:
+    def _answer_error(
+        self,
+        call: _Call,
+        number: int,
+        code: grpc.StatusCode,
+        message: str,
+        error: BaseException | None = None,
+    ) -> None:
         self._done(call)
         self._front.fail(call.call_id, number, message)
-        call.record.finish(code)
+        call.record.finish(code, error)
 
     def _cancel(self, call_id: int) -> None:
         """The caller cancelled, or its deadline passed: free its place in the queue."""

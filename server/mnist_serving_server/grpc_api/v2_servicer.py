@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from grpc import aio
 
@@ -32,6 +32,9 @@ from mnist_serving_server.grpc_api.triton_messages import (
     model_statistics,
 )
 from mnist_serving_server.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 SERVICE_NAME: Final = "inference.GRPCInferenceService"
 
@@ -163,7 +166,7 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: _Context
     ) -> pb.ModelInferResponse:
-        with track_request(self._metrics, "ModelInfer") as record:
+        with track_request(self._metrics, "ModelInfer", context) as record:
             try:
                 return await self._infer(request, context.time_remaining(), record)
             except Exception as exc:
@@ -175,21 +178,23 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         """Replies in request order; up to STREAM_WINDOW requests are computed concurrently.
 
         A failed request is answered with `error_message` (and its id) and the stream goes on.
+        Traced, each request's queue and batch spans belong to the stream's span.
         """
-        with track_request(self._metrics, "ModelStreamInfer"):
+        with track_request(self._metrics, "ModelStreamInfer", context, current=False) as record:
+            trace = record.span_context
 
             def answer(request: pb.ModelInferRequest) -> Awaitable[pb.ModelStreamInferResponse]:
-                return self._stream_one(request, context)
+                return self._stream_one(request, context, trace)
 
             async for reply in replies_in_order(request_iterator, answer):
                 yield reply
 
     async def _stream_one(
-        self, request: pb.ModelInferRequest, context: _Context
+        self, request: pb.ModelInferRequest, context: _Context, trace: SpanContext | None
     ) -> pb.ModelStreamInferResponse:
         try:
             return pb.ModelStreamInferResponse(
-                infer_response=await self._infer(request, context.time_remaining(), None)
+                infer_response=await self._infer(request, context.time_remaining(), None, trace)
             )
         except Exception as exc:
             code, message = status_for(exc)
@@ -215,10 +220,16 @@ class InferenceV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         request: pb.ModelInferRequest,
         time_remaining_s: float | None,
         record: RequestRecord | None,
+        stream_trace: SpanContext | None = None,
     ) -> pb.ModelInferResponse:
-        """One ModelInferRequest through the core; raises ServingError subclasses."""
+        """One ModelInferRequest through the core; raises ServingError subclasses.
+        `record`: a unary call's; a stream's requests have none, but its `stream_trace`."""
         deadline = None if time_remaining_s is None else time.monotonic() + time_remaining_s
         core, raw = v2_tensors.core_request(request, deadline)
+        if record is not None:
+            record.trace_request(core)
+        else:
+            core.trace = stream_trace
         try:
             response = await self._dataplane.infer_request(core, self._limits)
         finally:

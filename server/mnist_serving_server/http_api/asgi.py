@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import orjson
 
+from mnist_serving_server.core import tracing
 from mnist_serving_server.core.dataplane import DataPlane
 from mnist_serving_server.core.drain import SHUTTING_DOWN
 from mnist_serving_server.core.errors import (
@@ -42,6 +43,7 @@ from mnist_serving_server.core.tokens import (
 from mnist_serving_server.core.triton_records import model_config_record
 from mnist_serving_server.http_api import v2_json
 from mnist_serving_server.http_api.http_errors import Headers, failure_for
+from mnist_serving_server.http_api.http_spans import HttpSpan
 from mnist_serving_server.metrics import REASON_NOT_READY, ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -83,14 +85,16 @@ class Reply:
 
 
 class Call:
-    """One request being handled: what the metrics record about it."""
+    """One request being handled: what the metrics record about it, and its span (None
+    while tracing is off)."""
 
-    __slots__ = ("method", "model", "version")
+    __slots__ = ("method", "model", "traced", "version")
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, traced: HttpSpan | None = None) -> None:
         self.method = method
         self.model = ""
         self.version = ""
+        self.traced = traced
 
 
 def _json(status: int, value: Any) -> Reply:
@@ -146,17 +150,21 @@ class V2HttpApp:
             return  # lifespan is off; websockets are not served
         started = time.perf_counter()
         call: Call | None = None
+        traced: HttpSpan | None = None
         close = False
         self.inflight += 1
         try:
             route = self._route(scope["method"], scope["path"])
+            active = tracing.tracer
+            if active is not None:
+                traced = HttpSpan(active, scope, None if route is None else route[0])
             if route is None:
                 reply = _error_reply(
                     NoSuchEndpointError(f"no such endpoint: {scope['method']} {scope['path']}")
                 )
             else:
                 method, handler, args, exempt = route
-                call = Call(method)
+                call = Call(method, traced)
                 if self.refusing:
                     close = True
                     self.last_refusal_at = asyncio.get_running_loop().time()
@@ -168,11 +176,13 @@ class V2HttpApp:
                 ):
                     self._metrics.on_rejected(REASON_UNAUTHENTICATED)
                     reply = _error_reply(UnauthenticatedError(UNAUTHENTICATED_DETAILS))
-                else:
+                elif traced is None:
                     try:
                         reply = await handler(scope, receive, call, *args)
                     except Exception as exc:
                         reply = _error_reply(exc)
+                else:
+                    reply = await _traced_handler(traced, handler, scope, receive, call, args)
         finally:
             self.inflight -= 1
         if call is not None:
@@ -194,8 +204,17 @@ class V2HttpApp:
             headers.extend(reply.headers)
         if close:
             headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        if traced is None:
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            await send({"type": "http.response.body", "body": reply.body})
+            return
+        traced.add_traceparent(headers)
+        try:
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            await send({"type": "http.response.body", "body": reply.body})
+        finally:
+            model, version = ("", "") if call is None else (call.model, call.version)
+            traced.end(reply.status, reply.code, model, version)
 
     # --- routing --------------------------------------------------------------------------
 
@@ -412,6 +431,8 @@ class V2HttpApp:
         body = await self._body(scope, receive)
         parsed = v2_json.parse_infer_request(body, _header(scope, HEADER_LENGTH), name, version)
         request = parsed.request
+        if call.traced is not None:
+            call.traced.trace_request(request)
         try:
             response = await self._dataplane.infer_request(request, self._limits)
         finally:
@@ -455,6 +476,24 @@ class V2HttpApp:
             content_type,
             [(b"cache-control", b"no-cache"), (b"x-content-type-options", b"nosniff")],
         )
+
+
+async def _traced_handler(
+    traced: HttpSpan,
+    handler: Callable[..., Awaitable[Reply]],
+    scope: Scope,
+    receive: Receive,
+    call: Call,
+    args: tuple[str, ...],
+) -> Reply:
+    """`handler`'s reply, its span the current one meanwhile (log lines carry its trace id);
+    an exception is answered as always, and its kind kept for the span."""
+    with tracing.current_span(traced.span):
+        try:
+            return await handler(scope, receive, call, *args)
+        except Exception as exc:
+            traced.error = tracing.error_kind(exc)
+            return _error_reply(exc)
 
 
 def _method_not_allowed(allowed: str) -> Callable[..., Awaitable[Reply]]:

@@ -1,7 +1,7 @@
 """The native gRPC front (pygrpc-native, the default --grpc-front) keeps what grpc.aio did
-for ModelInfer: a client's cancellation drops its queued call before compute, the message
-size limit, the drain's UNAVAILABLE, one count per call with model, version and code; and
-everything else still reaches the grpc.aio server behind it (health, Classify, metadata)."""
+for ModelInfer and Classify: a client's cancellation drops its queued call before compute,
+the message size limit, the drain's UNAVAILABLE, one count per call with model, version and
+code; and everything else still reaches the grpc.aio server behind it (health, metadata)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.app import ServingApp
-from mnist_serving_server.grpc_api.native_front import NativeFront
+from mnist_serving_server.grpc_api.native_front import CLASSIFY, MODEL_INFER, NativeFront
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.v2.test_v2_model_infer import one_image_request
 from tests.integration.v2.v2_helpers import wait_until
@@ -25,12 +25,21 @@ pytestmark = pytest.mark.integration
 CALL_TIMEOUT_S = 30.0
 
 
-def counted(app: ServingApp, code: str, **labels: str) -> float:
+def counted(app: ServingApp, code: str, method: str = "ModelInfer", **labels: str) -> float:
     return sample_sum(
         app.registry,
         "mnist_serving_requests_total",
-        {"protocol": "grpc", "method": "ModelInfer", "code": code, **labels},
+        {"protocol": "grpc", "method": method, "code": code, **labels},
     )
+
+
+def natively_started(app: ServingApp, path: str) -> int:
+    """Calls pygrpc-native took for `path` itself (its counters), not forwarded ones."""
+    front = app._grpc
+    assert isinstance(front, NativeFront)
+    counters = front._front.metrics()
+    started: int = counters["methods"].get(path, {}).get("started", 0)
+    return started
 
 
 async def test_the_default_front_is_native_and_forwards_what_it_does_not_serve(
@@ -52,6 +61,62 @@ async def test_the_default_front_is_native_and_forwards_what_it_does_not_serve(
         answer = await v2.ModelInfer(one_image_request(id="n1"), timeout=CALL_TIMEOUT_S)
         assert (answer.id, answer.model_name, answer.model_version) == ("n1", "mnist", "1")
     assert counted(app, "OK", model="mnist", version="1") == 1
+    assert counted(app, "OK", method="Classify", model="mnist", version="1") == 1
+    assert natively_started(app, CLASSIFY) == 1
+    assert natively_started(app, MODEL_INFER) == 1
+
+
+async def test_native_classify_answers_as_the_grpcio_front_does(
+    runtime_gate: RuntimeGate, start_app: StartApp
+) -> None:
+    app = await start_app()
+    async with aio.insecure_channel(app.target) as channel:
+        classify = classifier_pb2_grpc.ClassifierStub(channel)
+        with pytest.raises(aio.AioRpcError) as wrong_size:
+            await classify.Classify(
+                classifier_pb2.ClassifyRequest(images=[classifier_pb2.Image(pixels=bytes(5))]),
+                timeout=CALL_TIMEOUT_S,
+            )
+        assert wrong_size.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "images[0].pixels has 5 bytes; expected 784" in (wrong_size.value.details() or "")
+        with pytest.raises(aio.AioRpcError) as unknown:
+            await classify.Classify(
+                classifier_pb2.ClassifyRequest(
+                    model_name="nope", images=[classifier_pb2.Image(pixels=bytes(784))]
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
+        assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+        # No serializers: the bytes go as they are.
+        raw: aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(CLASSIFY)
+        with pytest.raises(aio.AioRpcError) as malformed:
+            await raw(b"\xff\xff\xff", timeout=CALL_TIMEOUT_S)
+        assert malformed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "mnist_serving.v1.ClassifyRequest" in (malformed.value.details() or "")
+        # Cancelled while queued: dropped before compute, counted CANCELLED.
+        runtime_gate.close()
+        image = classifier_pb2.Image(pixels=bytes(784))
+        holder = asyncio.ensure_future(
+            classify.Classify(
+                classifier_pb2.ClassifyRequest(images=[image]), timeout=CALL_TIMEOUT_S
+            )
+        )
+        await runtime_gate.wait_entered()
+        leaving = classify.Classify(
+            classifier_pb2.ClassifyRequest(images=[image, image]), timeout=CALL_TIMEOUT_S
+        )
+        leaving_task = asyncio.ensure_future(leaving)
+        await wait_until(lambda: queue_depth(app) == 2)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving_task
+        await wait_until(lambda: counted(app, "CANCELLED", method="Classify") == 1)
+        runtime_gate.open()
+        assert len((await holder).predictions) == 1
+    assert counted(app, "INVALID_ARGUMENT", method="Classify") == 2
+    assert counted(app, "NOT_FOUND", method="Classify") == 1
+    assert counted(app, "OK", method="Classify", model="mnist", version="1") == 1
+    assert natively_started(app, CLASSIFY) == 5
 
 
 async def test_a_cancelled_call_is_dropped_before_compute(

@@ -1,4 +1,4 @@
-"""Issues 7's and 13's ratios, the one table and the generated docs section."""
+"""Issues 7's, 13's and 21's ratios, the one table and the generated docs section."""
 
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ def test_ratios_against_the_ceilings() -> None:
         # 100 requests/s x 64 images against ORT's 64,000 images/s at batch 64.
         f"{BATCH_NAME} images/s / ORT batch 64": pytest.approx(0.1),
         "V2 / Classify at c=64": pytest.approx(0.95),
-        # h2load rows: 700 µs against the echo's 350 µs; HTTP 260 µs against 65 and 700.
+        # h2load rows: 700 µs against the echo's 350 µs and the native echo's 50 µs; HTTP
+        # 260 µs against 65 and 700.
         f"CPU/req / echo floor's ({H2LOAD_V2_NAME})": pytest.approx(2.0),
+        f"CPU/req / native echo floor's ({H2LOAD_V2_NAME})": pytest.approx(14.0),
         f"{H2LOAD_V2_NAME} p99 ms": pytest.approx(30.0),
         "HTTP binary CPU/req / ASGI echo's": pytest.approx(4.0),
         "HTTP binary CPU/req / gRPC V2's": pytest.approx(260 / 700),
@@ -64,8 +66,9 @@ def test_targets_met_and_missed() -> None:
         f"stream / {REFERENCE_UNARY}": True,  # 4 >= 3
         f"{BATCH_NAME} images/s / ORT batch 64": False,  # 0.1 < 0.7
         "V2 / Classify at c=64": True,  # 0.95 >= 0.9
-        f"CPU/req / echo floor's ({H2LOAD_V2_NAME})": False,  # 2.0 > 1.3
-        f"{H2LOAD_V2_NAME} p99 ms": False,  # 30 ms > 25 ms
+        f"CPU/req / echo floor's ({H2LOAD_V2_NAME})": False,  # 2.0 > 0.5 (the native front)
+        f"CPU/req / native echo floor's ({H2LOAD_V2_NAME})": False,  # 14 > 2
+        f"{H2LOAD_V2_NAME} p99 ms": False,  # 30 ms > 15 ms
         "HTTP binary CPU/req / ASGI echo's": False,  # 4 > 3
         "HTTP binary CPU/req / gRPC V2's": True,  # 0.37 <= 0.5
     }
@@ -109,6 +112,39 @@ def test_workers_scale_and_defaults_against_one_worker() -> None:
     assert "--workers 2: --workers 2 req/s / --workers 1's = 1.80 (target >= 1.7, met)" in lines
 
 
+def test_the_grpcio_front_has_its_own_targets_and_the_defaults_are_compared_with_it() -> None:
+    document = make_document()
+    document["servers"] = [
+        _config("default", [], 3000.0),
+        _config("--grpc-front grpcio", ["--grpc-front", "grpcio"], 1000.0),
+    ]
+    ratios = {(r.config, r.name): r for r in compute_ratios(document)}
+    grpcio = "--grpc-front grpcio"
+    assert ratios[(grpcio, f"CPU/req / echo floor's ({H2LOAD_V2_NAME})")].target == 1.3
+    assert ratios[(grpcio, f"{H2LOAD_V2_NAME} p99 ms")].target == 25.0
+    assert (grpcio, f"CPU/req / native echo floor's ({H2LOAD_V2_NAME})") not in ratios
+    assert ratios[("default", f"CPU/req / echo floor's ({H2LOAD_V2_NAME})")].target == 0.5
+    versus = ratios[("default", f"defaults req/s / {grpcio}'s")]
+    assert versus.value == pytest.approx(3.0)
+    assert versus.met is True
+
+
+def test_tracing_on_is_compared_with_the_defaults_per_request() -> None:
+    document = make_document()
+    traced = _config("--tracing on", ["--tracing", "on"], 3000.0)
+    for row in traced["scenarios"]:
+        if row.get("server_cpu_us_per_request"):
+            row["server_cpu_us_per_request"] *= 1.2
+    document["servers"] = [_config("default", [], 3000.0), traced]
+    ratios = {r.name: r for r in compute_ratios(document) if r.config == "--tracing on"}
+    v2 = ratios[f"CPU/req ({H2LOAD_V2_NAME}) / the defaults'"]
+    http = ratios[f"CPU/req ({H2LOAD_HTTP_NAME}) / the defaults'"]
+    assert v2.value == pytest.approx(1.2)
+    assert http.value == pytest.approx(1.2)
+    assert v2.met is True
+    assert v2.target == 1.25
+
+
 def test_no_scaling_ratio_without_a_one_worker_configuration() -> None:
     assert not [r for r in compute_ratios(make_document()) if "--workers 1's" in r.name]
 
@@ -150,8 +186,9 @@ def test_one_table_holds_ceilings_scenarios_and_targets() -> None:
     document = make_document()
     table = render_table(document, compute_ratios(document))
     lines = table.splitlines()
-    # Header + separator + 2 ORT rows + 2 echo rows + 1 ASGI echo row + 7 server rows.
-    assert len(lines) == 2 + 2 + 2 + 1 + 7
+    # Header + separator + 2 ORT rows + 2 echo rows + 1 native echo row + 1 ASGI echo row
+    # + 7 server rows.
+    assert len(lines) == 2 + 2 + 2 + 1 + 1 + 7
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     unary_row = next(line for line in lines if line.startswith(f"| default | {REFERENCE_UNARY}"))
     assert "MISSED" in unary_row

@@ -124,6 +124,7 @@ def make_document(
 
     echo = [scenario(REFERENCE_UNARY, 2000.0), h2load_row(H2LOAD_V2_NAME, Api.GRPC_V2, 3500, 350)]
     http_echo = [h2load_row(H2LOAD_HTTP_NAME, Api.HTTP_BINARY_V2, 5000.0, 65.0)]
+    native_echo = [h2load_row(H2LOAD_V2_NAME, Api.GRPC_V2, 20000.0, 50.0)]
     server = [scenario(name, rate, 64 if name == BATCH_NAME else 1) for name, rate in rates.items()]
     server += [
         h2load_row(H2LOAD_V2_NAME, Api.GRPC_V2, h2load_v2_rate, 700.0),
@@ -146,6 +147,7 @@ def make_document(
         "ort_ceiling": {"images_per_s": {"1": 30000.0, "64": 64000.0}},
         "echo": echo,
         "http_echo": http_echo,
+        "native_echo": native_echo,
         "servers": [{"label": "default", "server_args": [], "scenarios": server}],
         "ratios": [],
     }

@@ -150,6 +150,19 @@ async def test_a_full_queue_refuses_the_calls_that_do_not_fit(plane: DataPlane) 
     assert (statistics.success.count, statistics.fail.count) == (3, 1)
 
 
+async def test_a_full_queue_refuses_before_decoding_the_input(plane: DataPlane) -> None:
+    filling = [raw_request(images(4, i), f"q{i}") for i in range(3)]
+    # Malformed (3 bytes for 4 images): decoding it would answer INVALID_ARGUMENT; a full
+    # queue refuses it first, so that shedding load costs no decode.
+    malformed = InferenceRequest(
+        "mnist", "", InputTensor("pixels", "UINT8", (4, 1, 28, 28), raw=b"\x00" * 3)
+    )
+    results = Answers(4)
+    plane.infer_batch([*filling, malformed], LIMITS, results.done)
+    assert isinstance(results[3], QueueFullError)
+    await results.settled()
+
+
 async def test_not_ready_refuses_every_call(plane: DataPlane) -> None:
     plane.set_ready(False)
     results = Answers(2)
