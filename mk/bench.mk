@@ -1,6 +1,6 @@
-# Benchmarks: `make bench` measures the ONNX Runtime ceiling, the gRPC and HTTP echo floors
-# and the server in one run, prints one table of numbers and ratios, and rewrites
-# docs/benchmarks.md. Extra options go in BENCH_ARGS, e.g.
+# Benchmarks: `make bench` measures the ONNX Runtime ceiling, the echo floors (grpc.aio,
+# pygrpc-native, ASGI) and the server in one run, prints one table of numbers and ratios,
+# and rewrites docs/benchmarks.md. Extra options go in BENCH_ARGS, e.g.
 #   make bench BENCH_ARGS='--server-args="--workers 1" --server-args="--workers 2"'   (compare two configs)
 # (`$(PY) -m bench.run --help` lists them all.)
 #
@@ -9,9 +9,10 @@
 # package only), and `make test` installs it with the other Debian packages (the bench's
 # end-to-end test runs it).
 
-# By default two configurations side by side: the server's defaults (--workers auto) and
-# one process, so "the defaults against one worker" is one run's ratio.
-BENCH_ARGS ?= --server-args= --server-args="--workers 1"
+# By default four configurations side by side, so that each comparison is one run's ratio:
+# the server's defaults (--workers auto, the native gRPC front), the grpc.aio front, one
+# process, and every call traced (exported to the bench's own OTLP sink, bench/otlp_sink.py).
+BENCH_ARGS ?= --server-args= --server-args="--grpc-front grpcio" --server-args="--workers 1" --server-args="--tracing on"
 BENCH_DEBIAN_PACKAGES := $(call debian-packages,bench)
 DEBIAN_PACKAGES += $(BENCH_DEBIAN_PACKAGES)
 

@@ -201,6 +201,9 @@ def test_make_bench_quick_end_to_end(model_repository: Path, tmp_path: Path) -> 
             str(tmp_path / "results"),
             "--docs",
             str(docs),
+            "--server-args=",
+            # Traced: exports to the bench's own OTLP sink (a run that exports nothing fails).
+            "--server-args=--tracing on",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -220,9 +223,16 @@ def test_make_bench_quick_end_to_end(model_repository: Path, tmp_path: Path) -> 
         assert scenarios[name]["requests_ok"] == scenarios[name]["requests_sent"] > 0
     assert [s["name"] for s in document["echo"]][-1] == plan.H2LOAD_V2_NAME
     assert [s["name"] for s in document["http_echo"]] == [plan.H2LOAD_HTTP_NAME]
+    assert [s["name"] for s in document["native_echo"]] == [plan.H2LOAD_V2_NAME]
+    assert document["native_echo"][0]["requests_ok"] > 0
     ratios = {(r["config"], r["name"]): r for r in document["ratios"]}
     assert ratios[("default", "HTTP binary CPU/req / ASGI echo's")]["value"] > 0
     assert ratios[("default", f"CPU/req / echo floor's ({plan.H2LOAD_V2_NAME})")]["value"] > 0
+    native_floor = f"CPU/req / native echo floor's ({plan.H2LOAD_V2_NAME})"
+    assert ratios[("default", native_floor)]["value"] > 0
+    traced = ratios[("--tracing on", f"CPU/req ({plan.H2LOAD_V2_NAME}) / the defaults'")]
+    assert traced["value"] > 0
+    assert any("OTLP exports to the bench's sink" in note for note in document["notes"])
     assert "| default | unary c=64 |" in completed.stdout
     assert f"| default | {plan.H2LOAD_V2_NAME} |" in completed.stdout
     assert "| default | unary c=64 |" in docs.read_text()
