@@ -196,11 +196,9 @@ def _otlp_exporter(environ: Mapping[str, str]) -> SpanExporter:
     )
     # Imported when chosen: each exporter brings its own transport (requests, grpcio).
     if protocol == HTTP_PROTOBUF:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpExporter,
-        )
+        from mnist_serving_server.otlp_spans import OtlpHttpSpanExporter
 
-        return HttpExporter()
+        return OtlpHttpSpanExporter()
     if protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcExporter,

@@ -76,6 +76,9 @@ NATIVE_METHODS: Final = (
 # Calls taken per batch from the I/O threads: more than the model's batch ever holds, so a
 # burst reaches the core in one step.
 MAX_EVENTS: Final = 1024
+HANDOFF_CHECK_S: Final = 0.5
+"""How often the receiving thread, waiting for the loop to take its batch, checks that the
+loop still runs (a closed loop never will)."""
 IO_THREADS: Final = 2
 # After the last answer is queued, how long the I/O threads get to write it before close()
 # (which ends every stream at once): answers counted as sent by pygrpc-native's own
@@ -188,18 +191,36 @@ class NativeFront:
     # --- the receiving thread, then the loop ------------------------------------------
 
     def _receive(self, front: Any, loop: asyncio.AbstractEventLoop) -> None:
-        """Hand every batch of events to the loop, until the front closes."""
+        """Hand every batch of events to the loop, until the front closes.
+
+        One batch at a time: the next `recv_batch_details` waits until the loop has taken
+        the last batch (`taken`), so the calls that arrive meanwhile wait in pygrpc-native's
+        queue and reach the loop together, in one wake-up and one loop hop. Receiving at
+        once instead takes a batch of one or two calls per wake-up under load, each wake-up
+        a futex, a spin in the channel and a self-pipe write (docs/performance.md)."""
+        taken = threading.Event()
         while True:
             events = front.recv_batch_details(MAX_EVENTS)  # blocks without the GIL
             if events is None:
                 return
-            if events:
-                try:
-                    loop.call_soon_threadsafe(self._on_events, events)
-                except RuntimeError:  # the loop is closed: nobody is left to answer
+            if not events:
+                continue
+            taken.clear()
+            try:
+                loop.call_soon_threadsafe(self._on_events, events, taken)
+            except RuntimeError:  # the loop is closed: nobody is left to answer
+                return
+            while not taken.wait(HANDOFF_CHECK_S):
+                if loop.is_closed():
                     return
 
-    def _on_events(self, events: Sequence[Any]) -> None:
+    def _on_events(self, events: Sequence[Any], taken: threading.Event) -> None:
+        try:
+            self._serve_events(events)
+        finally:
+            taken.set()
+
+    def _serve_events(self, events: Sequence[Any]) -> None:
         requests: list[InferenceRequest] = []
         calls: list[_Call] = []
         front = self._front

@@ -6,9 +6,6 @@ import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcExporter,
 )
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-    OTLPSpanExporter as HttpExporter,
-)
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import (
@@ -21,6 +18,7 @@ from opentelemetry.trace import (
 
 from mnist_serving_server.config import ConfigError, ServerConfig, load_config
 from mnist_serving_server.core import tracing
+from mnist_serving_server.otlp_spans import OtlpHttpSpanExporter as HttpExporter
 from mnist_serving_server.telemetry import (
     TelemetryConfigError,
     exporters_from,
