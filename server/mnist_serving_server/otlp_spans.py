@@ -37,63 +37,52 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext
 
+from mnist_serving_server import protobuf_wire as wire
+
 logger = logging.getLogger(__name__)
-
-# Wire types, and the tags (field number << 3 | wire type) of the fields written here.
-_VARINT: Final = 0
-_FIXED64: Final = 1
-_LENGTH: Final = 2
-_FIXED32: Final = 5
-
-
-def _tag(field: int, wire_type: int) -> bytes:
-    return bytes([field << 3 | wire_type])
-
 
 # ExportTraceServiceRequest.resource_spans; ResourceSpans.resource, .scope_spans, .schema_url;
 # ScopeSpans.scope, .spans, .schema_url (the same numbers in both messages).
-_RESOURCE_SPANS: Final = _tag(1, _LENGTH)
-_GROUP_HEAD: Final = _tag(1, _LENGTH)
-_GROUP_ITEMS: Final = _tag(2, _LENGTH)
-_SCHEMA_URL: Final = _tag(3, _LENGTH)
+_RESOURCE_SPANS: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_GROUP_HEAD: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_GROUP_ITEMS: Final = wire.tag(2, wire.LENGTH_DELIMITED)
+_SCHEMA_URL: Final = wire.tag(3, wire.LENGTH_DELIMITED)
 # Span
-_TRACE_ID: Final = _tag(1, _LENGTH)
-_SPAN_ID: Final = _tag(2, _LENGTH)
-_TRACE_STATE: Final = _tag(3, _LENGTH)
-_PARENT_SPAN_ID: Final = _tag(4, _LENGTH)
-_NAME: Final = _tag(5, _LENGTH)
-_KIND: Final = _tag(6, _VARINT)
-_START: Final = _tag(7, _FIXED64)
-_END: Final = _tag(8, _FIXED64)
-_ATTRIBUTE: Final = _tag(9, _LENGTH)
-_DROPPED_ATTRIBUTES: Final = _tag(10, _VARINT)
-_EVENT: Final = _tag(11, _LENGTH)
-_DROPPED_EVENTS: Final = _tag(12, _VARINT)
-_LINK: Final = _tag(13, _LENGTH)
-_DROPPED_LINKS: Final = _tag(14, _VARINT)
-_STATUS: Final = _tag(15, _LENGTH)
-_SPAN_FLAGS: Final = b"\x85\x01"  # field 16, fixed32: two bytes of tag
+_TRACE_ID: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_SPAN_ID: Final = wire.tag(2, wire.LENGTH_DELIMITED)
+_TRACE_STATE: Final = wire.tag(3, wire.LENGTH_DELIMITED)
+_PARENT_SPAN_ID: Final = wire.tag(4, wire.LENGTH_DELIMITED)
+_NAME: Final = wire.tag(5, wire.LENGTH_DELIMITED)
+_KIND: Final = wire.tag(6, wire.VARINT)
+_START: Final = wire.tag(7, wire.FIXED64)
+_END: Final = wire.tag(8, wire.FIXED64)
+_ATTRIBUTE: Final = wire.tag(9, wire.LENGTH_DELIMITED)
+_DROPPED_ATTRIBUTES: Final = wire.tag(10, wire.VARINT)
+_EVENT: Final = wire.tag(11, wire.LENGTH_DELIMITED)
+_DROPPED_EVENTS: Final = wire.tag(12, wire.VARINT)
+_LINK: Final = wire.tag(13, wire.LENGTH_DELIMITED)
+_DROPPED_LINKS: Final = wire.tag(14, wire.VARINT)
+_STATUS: Final = wire.tag(15, wire.LENGTH_DELIMITED)
+_SPAN_FLAGS: Final = wire.tag(16, wire.FIXED32)
 # Span.Link
-_LINK_ATTRIBUTE: Final = _tag(4, _LENGTH)
-_LINK_DROPPED_ATTRIBUTES: Final = _tag(5, _VARINT)
-_LINK_FLAGS: Final = _tag(6, _FIXED32)
+_LINK_ATTRIBUTE: Final = wire.tag(4, wire.LENGTH_DELIMITED)
+_LINK_DROPPED_ATTRIBUTES: Final = wire.tag(5, wire.VARINT)
+_LINK_FLAGS: Final = wire.tag(6, wire.FIXED32)
 # Status
-_STATUS_MESSAGE: Final = _tag(2, _LENGTH)
-_STATUS_CODE: Final = _tag(3, _VARINT)
+_STATUS_MESSAGE: Final = wire.tag(2, wire.LENGTH_DELIMITED)
+_STATUS_CODE: Final = wire.tag(3, wire.VARINT)
 # KeyValue, AnyValue
-_KEY: Final = _tag(1, _LENGTH)
-_VALUE: Final = _tag(2, _LENGTH)
-_STRING_VALUE: Final = _tag(1, _LENGTH)
-_BOOL_VALUE: Final = _tag(2, _VARINT)
-_INT_VALUE: Final = _tag(3, _VARINT)
-_DOUBLE_VALUE: Final = _tag(4, _FIXED64)
-_BYTES_VALUE: Final = _tag(7, _LENGTH)
+_KEY: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_VALUE: Final = wire.tag(2, wire.LENGTH_DELIMITED)
+_STRING_VALUE: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_BOOL_VALUE: Final = wire.tag(2, wire.VARINT)
+_INT_VALUE: Final = wire.tag(3, wire.VARINT)
+_DOUBLE_VALUE: Final = wire.tag(4, wire.FIXED64)
+_BYTES_VALUE: Final = wire.tag(7, wire.LENGTH_DELIMITED)
 
 # SpanFlags: the parent's (or link's) context says whether it is remote.
 _HAS_IS_REMOTE: Final = 0x100
 _IS_REMOTE: Final = 0x200
-_UINT64: Final = 1 << 64
-_SMALL_VARINTS: Final = tuple(bytes([value]) for value in range(128))
 _FIXED64_FORMAT: Final = struct.Struct("<Q")
 _FIXED32_FORMAT: Final = struct.Struct("<I")
 _DOUBLE_FORMAT: Final = struct.Struct("<d")
@@ -106,36 +95,17 @@ _KEY_VALUE_MEMO_SIZE: Final = 4096
 _KEY_VALUES: dict[tuple[str, type, Any], bytes] = {}
 
 
-def _varint(value: int) -> bytes:
-    if 0 <= value < 128:
-        return _SMALL_VARINTS[value]
-    if value < 0:  # int64: ten bytes of two's complement, as protobuf writes it
-        value += _UINT64
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field: tag, length, payload."""
-    size = len(payload)
-    return tag + (_SMALL_VARINTS[size] if size < 128 else _varint(size)) + payload
-
-
 def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):  # before int: a bool is an int
         return _BOOL_VALUE + (b"\x01" if value else b"\x00")
     if isinstance(value, str):
-        return _field(_STRING_VALUE, value.encode())
+        return wire.length_delimited(_STRING_VALUE, value.encode())
     if isinstance(value, int):
-        return _INT_VALUE + _varint(value)
+        return _INT_VALUE + wire.varint(value)
     if isinstance(value, float):
         return _DOUBLE_VALUE + _DOUBLE_FORMAT.pack(value)
     if isinstance(value, bytes):
-        return _field(_BYTES_VALUE, value)
+        return wire.length_delimited(_BYTES_VALUE, value)
     return bytes(_encode_value(value).SerializeToString())  # lists, maps: the SDK's way
 
 
@@ -147,7 +117,9 @@ def _key_value(key: str, value: Any) -> bytes:
         known = _KEY_VALUES.get(memo_key)
         if known is not None:
             return known
-    encoded = _field(_KEY, key.encode()) + _field(_VALUE, _any_value(value))
+    encoded = wire.length_delimited(_KEY, key.encode()) + wire.length_delimited(
+        _VALUE, _any_value(value)
+    )
     if memo_key is not None:
         if len(_KEY_VALUES) >= _KEY_VALUE_MEMO_SIZE:
             _KEY_VALUES.clear()  # unique values (request ids) would fill it: start again
@@ -158,7 +130,7 @@ def _key_value(key: str, value: Any) -> bytes:
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]:
     if not attributes:
         return []
-    return [_field(tag, _key_value(key, value)) for key, value in attributes.items()]
+    return [wire.length_delimited(tag, _key_value(key, value)) for key, value in attributes.items()]
 
 
 def _flags(context: SpanContext | None) -> bytes:
@@ -170,7 +142,9 @@ def _trace_state(context: SpanContext) -> bytes:
     state = context.trace_state
     if not state:
         return b""
-    return _field(_TRACE_STATE, ",".join(f"{key}={value}" for key, value in state.items()).encode())
+    return wire.length_delimited(
+        _TRACE_STATE, ",".join(f"{key}={value}" for key, value in state.items()).encode()
+    )
 
 
 def _link(link: Any) -> bytes:
@@ -181,9 +155,9 @@ def _link(link: Any) -> bytes:
         *_attributes(_LINK_ATTRIBUTE, link.attributes),
     ]
     if link.dropped_attributes:
-        parts.append(_LINK_DROPPED_ATTRIBUTES + _varint(link.dropped_attributes))
+        parts.append(_LINK_DROPPED_ATTRIBUTES + wire.varint(link.dropped_attributes))
     parts.append(_LINK_FLAGS + _flags(context))
-    return _field(_LINK, b"".join(parts))
+    return wire.length_delimited(_LINK, b"".join(parts))
 
 
 def encode_span(span: ReadableSpan) -> bytes:
@@ -199,27 +173,29 @@ def encode_span(span: ReadableSpan) -> bytes:
     if parent is not None:
         parts.append(_PARENT_SPAN_ID_HEAD + parent.span_id.to_bytes(8, "big"))
     if span.name:
-        parts.append(_field(_NAME, span.name.encode()))
-    parts.append(_KIND + _varint(span.kind.value + 1))  # the SDK's enum starts at 0, OTLP's at 1
+        parts.append(wire.length_delimited(_NAME, span.name.encode()))
+    parts.append(
+        _KIND + wire.varint(span.kind.value + 1)
+    )  # the SDK's enum starts at 0, OTLP's at 1
     parts.append(_START + _FIXED64_FORMAT.pack(span.start_time or 0))
     parts.append(_END + _FIXED64_FORMAT.pack(span.end_time or 0))
     parts.extend(_attributes(_ATTRIBUTE, span.attributes))
     if span.dropped_attributes:
-        parts.append(_DROPPED_ATTRIBUTES + _varint(span.dropped_attributes))
+        parts.append(_DROPPED_ATTRIBUTES + wire.varint(span.dropped_attributes))
     for event in _encode_events(span.events) or ():
-        parts.append(_field(_EVENT, event.SerializeToString()))
+        parts.append(wire.length_delimited(_EVENT, event.SerializeToString()))
     if span.dropped_events:
-        parts.append(_DROPPED_EVENTS + _varint(span.dropped_events))
+        parts.append(_DROPPED_EVENTS + wire.varint(span.dropped_events))
     parts.extend(_link(link) for link in span.links)
     if span.dropped_links:
-        parts.append(_DROPPED_LINKS + _varint(span.dropped_links))
+        parts.append(_DROPPED_LINKS + wire.varint(span.dropped_links))
     status = span.status
     status_parts = b""
     if status.description:
-        status_parts += _field(_STATUS_MESSAGE, status.description.encode())
+        status_parts += wire.length_delimited(_STATUS_MESSAGE, status.description.encode())
     if status.status_code.value:
-        status_parts += _STATUS_CODE + _varint(status.status_code.value)
-    parts.append(_field(_STATUS, status_parts))
+        status_parts += _STATUS_CODE + wire.varint(status.status_code.value)
+    parts.append(wire.length_delimited(_STATUS, status_parts))
     parts.append(_SPAN_FLAGS + _flags(parent))
     return b"".join(parts)
 
@@ -234,9 +210,11 @@ class _Heads:
     def resource(self, resource: Resource) -> bytes:
         known = self._resources.get(id(resource))
         if known is None or known[0] is not resource:
-            body = _field(_GROUP_HEAD, _encode_resource(resource).SerializeToString())
+            body = wire.length_delimited(
+                _GROUP_HEAD, _encode_resource(resource).SerializeToString()
+            )
             if resource.schema_url:
-                body += _field(_SCHEMA_URL, resource.schema_url.encode())
+                body += wire.length_delimited(_SCHEMA_URL, resource.schema_url.encode())
             known = (resource, body)
             self._resources[id(resource)] = known
         return known[1]
@@ -245,11 +223,13 @@ class _Heads:
         known = self._scopes.get(id(scope))
         if known is None or known[0] is not scope:
             if scope is None:  # an empty scope, as the SDK writes it
-                body = _field(_GROUP_HEAD, b"")
+                body = wire.length_delimited(_GROUP_HEAD, b"")
             else:
-                body = _field(_GROUP_HEAD, _encode_instrumentation_scope(scope).SerializeToString())
+                body = wire.length_delimited(
+                    _GROUP_HEAD, _encode_instrumentation_scope(scope).SerializeToString()
+                )
                 if scope.schema_url:
-                    body += _field(_SCHEMA_URL, scope.schema_url.encode())
+                    body += wire.length_delimited(_SCHEMA_URL, scope.schema_url.encode())
             known = (scope, body)
             self._scopes[id(scope)] = known
         return known[1]
@@ -269,16 +249,18 @@ class SpanEncoder:
             scopes = groups.setdefault(id(resource), (resource, {}))[1]
             scope = span.instrumentation_scope
             scopes.setdefault(id(scope), (scope, []))[1].append(
-                _field(_GROUP_ITEMS, encode_span(span))
+                wire.length_delimited(_GROUP_ITEMS, encode_span(span))
             )
         heads = self._heads
         out: list[bytes] = []
         for resource, scopes in groups.values():
             scope_spans = b"".join(
-                _field(_GROUP_ITEMS, heads.scope(scope) + b"".join(encoded))
+                wire.length_delimited(_GROUP_ITEMS, heads.scope(scope) + b"".join(encoded))
                 for scope, encoded in scopes.values()
             )
-            out.append(_field(_RESOURCE_SPANS, heads.resource(resource) + scope_spans))
+            out.append(
+                wire.length_delimited(_RESOURCE_SPANS, heads.resource(resource) + scope_spans)
+            )
         return b"".join(out)
 
 

@@ -336,9 +336,7 @@ class NativeFront:
         call.record.model = request.resolved_model
         call.record.version = request.resolved_version
         if isinstance(result, InferenceResponse):
-            self._answer_reply(
-                call, v2_tensors.grpc_response(result, raw=call.raw).SerializeToString()
-            )
+            self._answer_reply(call, v2_tensors.grpc_response_bytes(result, raw=call.raw))
             return
         self._answer_failure(call, result)
 

@@ -13,6 +13,7 @@ from typing import Any, Final
 from google.protobuf.internal.containers import RepeatedScalarFieldContainer
 
 from mnist_serving_proto import open_inference_pb2 as pb
+from mnist_serving_server import protobuf_wire as wire
 from mnist_serving_server.core.errors import InvalidInputError
 from mnist_serving_server.core.inference import (
     CLASSIFICATION_PARAMETER,
@@ -122,6 +123,59 @@ def _parameter(parameters: Mapping[str, pb.InferParameter], name: str) -> object
     if kind in _INTEGER_PARAMETERS:
         return int(value)  # type: ignore[call-overload]
     return value
+
+
+# ModelInferResponse's fields, and its InferOutputTensor's (proto/open_inference.proto).
+_MODEL_NAME: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_MODEL_VERSION: Final = wire.tag(2, wire.LENGTH_DELIMITED)
+_ID: Final = wire.tag(3, wire.LENGTH_DELIMITED)
+_OUTPUT: Final = wire.tag(5, wire.LENGTH_DELIMITED)
+_RAW_OUTPUT_CONTENTS: Final = wire.tag(6, wire.LENGTH_DELIMITED)
+_OUTPUT_NAME: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_OUTPUT_DATATYPE: Final = wire.tag(2, wire.LENGTH_DELIMITED)
+_OUTPUT_SHAPE: Final = wire.tag(3, wire.LENGTH_DELIMITED)  # packed int64
+# An output's InferOutputTensor, by (name, datatype, shape): a model answers with a few.
+_OUTPUT_MEMO_SIZE: Final = 256
+_OUTPUTS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+
+
+def grpc_response_bytes(response: InferenceResponse, *, raw: bool) -> bytes:
+    """The serialised reply (what `grpc_response(...).SerializeToString()` gives, decoded
+    equal). A raw reply is written field by field: the native front answers with bytes,
+    and a protobuf object per reply cost it a tenth of its CPU (docs/performance.md)."""
+    if not raw:
+        return grpc_response(response, raw=False).SerializeToString()
+    outputs = response.outputs
+    return b"".join(
+        (
+            wire.string_field(_MODEL_NAME, response.model),
+            wire.string_field(_MODEL_VERSION, response.version),
+            wire.string_field(_ID, response.id),
+            *(_output_tensor(output.name, output.datatype, output.shape) for output in outputs),
+            *(
+                wire.length_delimited(_RAW_OUTPUT_CONTENTS, output.wire_bytes())
+                for output in outputs
+            ),
+        )
+    )
+
+
+def _output_tensor(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    """One `outputs` entry (its contents travel in raw_output_contents)."""
+    key = (name, datatype, shape)
+    known = _OUTPUTS.get(key)
+    if known is None:
+        dims = b"".join(wire.varint(dim) for dim in shape)
+        known = wire.length_delimited(
+            _OUTPUT,
+            wire.string_field(_OUTPUT_NAME, name)
+            + wire.string_field(_OUTPUT_DATATYPE, datatype)
+            + (wire.length_delimited(_OUTPUT_SHAPE, dims) if dims else b""),
+        )
+        if len(_OUTPUTS) >= _OUTPUT_MEMO_SIZE:
+            _OUTPUTS.clear()
+        _OUTPUTS[key] = known
+    return known
 
 
 def grpc_response(response: InferenceResponse, *, raw: bool) -> pb.ModelInferResponse:

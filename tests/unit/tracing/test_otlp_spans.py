@@ -136,8 +136,8 @@ def test_the_exporter_sends_what_the_sdk_exporter_sends(
         sdk = SdkHttpSpanExporter()
         assert sdk.export(spans) is SpanExportResult.SUCCESS
         both = collector.wait_for(lambda got: len(got) == 2 * len(spans), "the SDK's export")
-        ours.shutdown()
-        sdk.shutdown()
+        ours.shutdown()  # type: ignore[no-untyped-call]
+        sdk.shutdown()  # type: ignore[no-untyped-call]
     assert sent == both[len(spans) :]
     assert {span.name for span in sent} >= {"queue", "batch", "internal"}
 
@@ -151,5 +151,5 @@ def test_the_exporter_reports_a_failure_when_no_collector_answers(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
     exporter = OtlpHttpSpanExporter()
     assert exporter.export(spans) is SpanExportResult.FAILURE
-    exporter.shutdown()
+    exporter.shutdown()  # type: ignore[no-untyped-call]
     assert exporter.export(spans) is SpanExportResult.FAILURE  # after shutdown: refused

@@ -17,7 +17,11 @@ from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
 from mnist_serving_server.core.inference import InferenceResponse, RequestLimits
 from mnist_serving_server.core.runtime import TensorSpec
 from mnist_serving_server.core.tensors import RequestedOutput
-from mnist_serving_server.grpc_api.v2_tensors import core_request, grpc_response
+from mnist_serving_server.grpc_api.v2_tensors import (
+    core_request,
+    grpc_response,
+    grpc_response_bytes,
+)
 
 INPUT = "pixels"
 SPEC = TensorSpec(
@@ -392,3 +396,38 @@ def test_timeout_negative_or_wrong_kind_is_rejected() -> None:
     request.parameters["timeout"].string_param = "1s"
     with pytest.raises(InvalidInputError, match="int64 number of microseconds"):
         queue_timeout_s(request)
+
+
+@pytest.mark.parametrize(
+    ("model", "version", "request_id", "outputs"),
+    [
+        ("mnist", "1", "req-7", {"probabilities": np.full((1, 10), 0.1, dtype=np.float32)}),
+        (
+            "mnist",
+            "12",
+            "",
+            {
+                "probabilities": np.random.default_rng(SEED).random((64, 10), dtype=np.float32),
+                "logits": np.arange(-320.0, 320.0, dtype=np.float32).reshape(64, 10),
+            },
+        ),
+        ("", "", "ü-id", {"scalar": np.array(3, dtype=np.int64)}),
+        ("fashion", "3", "x" * 300, {"classes": np.array([[b"0.9:7"], [b"0.5:1"]], dtype=object)}),
+    ],
+)
+def test_a_raw_reply_written_field_by_field_decodes_to_the_protobuf_reply(
+    model: str, version: str, request_id: str, outputs: dict[str, np.ndarray]
+) -> None:
+    core = InferenceResponse(
+        model, version, request_id, inference.encode_outputs(outputs, None, ())
+    )
+    written = grpc_response_bytes(core, raw=True)
+    assert pb.ModelInferResponse.FromString(written) == grpc_response(core, raw=True)
+    assert grpc_response_bytes(core, raw=True) == written  # the same from its memo
+
+
+def test_a_typed_reply_is_the_protobuf_reply_serialised() -> None:
+    outputs = {"probabilities": np.full((2, 10), 0.25, dtype=np.float32)}
+    core = InferenceResponse("mnist", "1", "id", inference.encode_outputs(outputs, None, ()))
+    written = grpc_response_bytes(core, raw=False)
+    assert pb.ModelInferResponse.FromString(written) == grpc_response(core, raw=False)
