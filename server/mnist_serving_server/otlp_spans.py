@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry.exporter.otlp.proto.common._internal import (
@@ -200,38 +200,40 @@ def encode_span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
+def _head(encoded: bytes, schema_url: str | None) -> bytes:
+    """A group's first fields: its resource or scope, then that one's schema URL if any."""
+    return wire.length_delimited(_GROUP_HEAD, encoded) + wire.string_field(
+        _SCHEMA_URL, schema_url or ""
+    )
+
+
 class _Heads:
     """The encoded resources and scopes, each written once (a process has a handful)."""
 
     def __init__(self) -> None:
-        self._resources: dict[int, tuple[Resource, bytes]] = {}
-        self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
+        self._known: dict[int, tuple[object, bytes]] = {}
 
     def resource(self, resource: Resource) -> bytes:
-        known = self._resources.get(id(resource))
-        if known is None or known[0] is not resource:
-            body = wire.length_delimited(
-                _GROUP_HEAD, _encode_resource(resource).SerializeToString()
-            )
-            if resource.schema_url:
-                body += wire.length_delimited(_SCHEMA_URL, resource.schema_url.encode())
-            known = (resource, body)
-            self._resources[id(resource)] = known
-        return known[1]
+        return self._once(
+            resource,
+            lambda: _head(_encode_resource(resource).SerializeToString(), resource.schema_url),
+        )
 
     def scope(self, scope: InstrumentationScope | None) -> bytes:
-        known = self._scopes.get(id(scope))
-        if known is None or known[0] is not scope:
-            if scope is None:  # an empty scope, as the SDK writes it
-                body = wire.length_delimited(_GROUP_HEAD, b"")
-            else:
-                body = wire.length_delimited(
-                    _GROUP_HEAD, _encode_instrumentation_scope(scope).SerializeToString()
-                )
-                if scope.schema_url:
-                    body += wire.length_delimited(_SCHEMA_URL, scope.schema_url.encode())
-            known = (scope, body)
-            self._scopes[id(scope)] = known
+        if scope is None:  # an empty scope, as the SDK writes it
+            return _head(b"", None)
+        return self._once(
+            scope,
+            lambda: _head(
+                _encode_instrumentation_scope(scope).SerializeToString(), scope.schema_url
+            ),
+        )
+
+    def _once(self, head: object, write: Callable[[], bytes]) -> bytes:
+        known = self._known.get(id(head))
+        if known is None or known[0] is not head:  # an id can be reused once freed
+            known = (head, write())
+            self._known[id(head)] = known
         return known[1]
 
 
