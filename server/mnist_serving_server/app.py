@@ -545,7 +545,7 @@ async def serve(
                 # Everything loaded so far (modules, the model, its session) lives as long as
                 # the process: out of the collector's sight, the generation-2 collections that
                 # every few thousand calls' objects trigger no longer scan it all
-                # (docs/performance.md: 8% of the server's CPU before).
+                # (docs/performance.md: 8% of the profiled samples before).
                 gc.freeze()
             await stop_requested.wait()
             logger.info("stop signal received")

@@ -3,7 +3,7 @@
 The SDK's OTLP/HTTP exporter encodes a batch of spans by building a protobuf object for
 every span, attribute, link and value, and by hashing each span's resource (as JSON) to
 group the spans; on this server that cost more CPU than the spans themselves
-(docs/performance.md). `encode_spans` writes the same `ExportTraceServiceRequest`
+(docs/performance.md). `SpanEncoder` writes the same `ExportTraceServiceRequest`
 (opentelemetry-proto's `collector/trace/v1`; the message a collector decodes is equal to
 the SDK's, tests/unit/tracing/test_otlp_spans.py) field by field, with the resource and
 instrumentation scope encoded once and kept. `OtlpHttpSpanExporter` is the SDK's
@@ -89,8 +89,9 @@ _DOUBLE_FORMAT: Final = struct.Struct("<d")
 _TRACE_ID_HEAD: Final = _TRACE_ID + bytes([16])
 _SPAN_ID_HEAD: Final = _SPAN_ID + bytes([8])
 _PARENT_SPAN_ID_HEAD: Final = _PARENT_SPAN_ID + bytes([8])
-# KeyValue messages written already, by (key, type, value); hashable scalars only.
-_MEMO_TYPES: Final = (str, bool, int, float)
+# KeyValue messages written already, by (key, type, value): strings, booleans and
+# integers only (a float's key would join 0.0 and -0.0, whose bytes differ).
+_MEMO_TYPES: Final = (str, bool, int)
 _KEY_VALUE_MEMO_SIZE: Final = 4096
 _KEY_VALUES: dict[tuple[str, type, Any], bytes] = {}
 
@@ -174,9 +175,8 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.append(_PARENT_SPAN_ID_HEAD + parent.span_id.to_bytes(8, "big"))
     if span.name:
         parts.append(wire.length_delimited(_NAME, span.name.encode()))
-    parts.append(
-        _KIND + wire.varint(span.kind.value + 1)
-    )  # the SDK's enum starts at 0, OTLP's at 1
+    # The SDK's SpanKind counts from 0 (INTERNAL), OTLP's from 1 (0 is UNSPECIFIED).
+    parts.append(_KIND + wire.varint(span.kind.value + 1))
     parts.append(_START + _FIXED64_FORMAT.pack(span.start_time or 0))
     parts.append(_END + _FIXED64_FORMAT.pack(span.end_time or 0))
     parts.extend(_attributes(_ATTRIBUTE, span.attributes))

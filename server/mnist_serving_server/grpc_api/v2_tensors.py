@@ -142,7 +142,7 @@ _OUTPUTS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
 def grpc_response_bytes(response: InferenceResponse, *, raw: bool) -> bytes:
     """The serialised reply (what `grpc_response(...).SerializeToString()` gives, decoded
     equal). A raw reply is written field by field: the native front answers with bytes,
-    and a protobuf object per reply cost it a tenth of its CPU (docs/performance.md)."""
+    and building a protobuf object first costs 2.4 x as much (docs/performance.md)."""
     if not raw:
         return grpc_response(response, raw=False).SerializeToString()
     outputs = response.outputs
