@@ -35,7 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import Link, SpanContext
 
 from mnist_serving_server import protobuf_wire as wire
 
@@ -107,7 +107,7 @@ def _any_value(value: Any) -> bytes:
         return _DOUBLE_VALUE + _DOUBLE_FORMAT.pack(value)
     if isinstance(value, bytes):
         return wire.length_delimited(_BYTES_VALUE, value)
-    return bytes(_encode_value(value).SerializeToString())  # lists, maps: the SDK's way
+    return _encode_value(value).SerializeToString()  # lists, maps: the SDK's way
 
 
 def _key_value(key: str, value: Any) -> bytes:
@@ -148,7 +148,7 @@ def _trace_state(context: SpanContext) -> bytes:
     )
 
 
-def _link(link: Any) -> bytes:
+def _link(link: Link) -> bytes:
     context = link.context
     parts = [
         _TRACE_ID_HEAD + context.trace_id.to_bytes(16, "big"),
