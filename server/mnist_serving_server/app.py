@@ -37,8 +37,10 @@ from mnist_serving_server.grpc_api.front import GrpcFront, GrpcStartError, grpc_
 from mnist_serving_server.grpc_api.health import HEALTH_SERVICE, HealthReporter
 from mnist_serving_server.grpc_api.native_front import (
     NATIVE_FRONT_AVAILABLE,
+    UNBOUNDED_NATIVE_RECEIVE,
     NativeFront,
     private_socket_dir,
+    receive_bounded,
 )
 from mnist_serving_server.grpc_api.native_front import (
     SOCKET_NAME as NATIVE_SOCKET_NAME,
@@ -121,8 +123,16 @@ def grpc_front(
     )
 
 
-def native_wanted(config: ServerConfig) -> bool:
-    """Whether --grpc-front picks the native front (auto: unless TLS, or not installed)."""
+def native_wanted(config: ServerConfig, tokens: tuple[str, ...]) -> bool:
+    """Whether --grpc-front picks the native front.
+
+    pygrpc-native (0.5) holds a whole message before Python sees its size, so the native
+    front's receive is bounded only for callers it authenticates at their headers: bearer
+    tokens on and no service exempt (`receive_bounded`). `auto` picks it then, and grpcio
+    otherwise (grpc-core refuses a message over the limit at its length prefix);
+    `native` is the operator's word that every client is trusted (or that a proxy bounds
+    requests), said back as a warning when the receive is unbounded.
+    """
     if config.grpc_front == "grpcio":
         return False
     if config.tls_enabled:
@@ -136,6 +146,13 @@ def native_wanted(config: ServerConfig) -> bool:
             raise ServerStartError("--grpc-front native: pygrpc-native cannot be imported")
         logger.warning("pygrpc-native cannot be imported: serving gRPC with grpcio")
         return False
+    bounded = receive_bounded(tokens, config.auth_exempt_services)
+    if config.grpc_front == "auto":
+        if not bounded:
+            logger.info(UNBOUNDED_NATIVE_RECEIVE + "; serving gRPC with grpcio")
+        return bounded
+    if not bounded:
+        logger.warning(UNBOUNDED_NATIVE_RECEIVE + "; serve it only to trusted clients")
     return True
 
 
@@ -145,6 +162,7 @@ def native_front(
     metrics: ServerMetrics,
     health: HealthReporter,
     *,
+    tokens: tuple[str, ...],
     reuse_port: bool,
 ) -> NativeFront:
     """The native front on host:port, with the grpc.aio front behind it on a Unix socket."""
@@ -157,10 +175,6 @@ def native_front(
         reuse_port=False,
         unix_socket=socket_dir / NATIVE_SOCKET_NAME,
     )
-    try:
-        tokens = load_tokens(config.auth_token_file, os.environ)
-    except AuthConfigError as exc:
-        raise ServerStartError(str(exc)) from None
     return NativeFront(
         dataplane,
         metrics,
@@ -170,7 +184,7 @@ def native_front(
         socket_dir=socket_dir,
         max_message_bytes=config.max_message_bytes,
         limits=RequestLimits(config.max_images_per_request, config.max_decoded_pixels),
-        tokens=BearerTokens(tokens) if tokens else None,
+        tokens=tokens,
         reuse_port=reuse_port,
     )
 
@@ -400,10 +414,26 @@ class ServingApp:
 
     async def _start_grpc(self) -> GrpcFront | NativeFront:
         """Classify, KServe V2, health and reflection (--grpc-front)."""
-        build = native_front if native_wanted(self.config) else grpc_front
-        front = self._grpc = build(
-            self.config, self.dataplane, self.metrics, self.health, reuse_port=self._reuse_port
-        )
+        config = self.config
+        try:
+            tokens = load_tokens(config.auth_token_file, os.environ)
+        except AuthConfigError as exc:
+            raise ServerStartError(str(exc)) from None
+        front: GrpcFront | NativeFront
+        if native_wanted(config, tokens):
+            front = native_front(
+                config,
+                self.dataplane,
+                self.metrics,
+                self.health,
+                tokens=tokens,
+                reuse_port=self._reuse_port,
+            )
+        else:
+            front = grpc_front(
+                config, self.dataplane, self.metrics, self.health, reuse_port=self._reuse_port
+            )
+        self._grpc = front
         try:
             await front.start()
         except GrpcStartError as exc:

@@ -168,8 +168,9 @@ class ServerConfig(BaseSettings):
         description=(
             "Which transport serves gRPC: native (pygrpc-native: HTTP/2 outside the GIL, "
             "ModelInfer in batches, everything else through grpc.aio behind it), grpcio "
-            "(grpc.aio alone), or auto: native unless TLS is configured or pygrpc-native "
-            "cannot be imported, then grpcio."
+            "(grpc.aio alone), or auto: native where its receive is bounded (bearer tokens on "
+            "and --auth-exempt-services none: pygrpc-native refuses unknown callers at their "
+            "headers), else grpcio, which refuses an oversize message at its length prefix."
         ),
     )
     http_request_timeout_s: float = Field(

@@ -42,6 +42,9 @@ def app_config(model_repository: Path, **overrides: Any) -> ServerConfig:
         "http_port": 0,
         "drain_delay_s": 0.0,
         "grace_period_s": TEST_GRACE_PERIOD_S,
+        # The native front unless a test says otherwise: `auto` picks it only with tokens
+        # and nothing exempt (app.native_wanted), and its code is the one to exercise.
+        "grpc_front": "native",
     }
     settings.update(overrides)
     return ServerConfig(**settings)

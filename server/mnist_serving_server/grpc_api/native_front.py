@@ -13,15 +13,23 @@ pygrpc-native to the grpc.aio server (`GrpcFront`) behind it, on a Unix socket i
 private folder: those keep every behaviour they had.
 
 What grpc.aio did for these two methods is done here: the message size limit (checked before
-decoding), bearer tokens (health and reflection, forwarded, stay open as the fallback's
-interceptor decides), the deadline (dropped before compute by the batcher), a client's
+decoding), bearer tokens, the deadline (dropped before compute by the batcher), a client's
 cancellation (its queued call is dropped), one count per call with its code, and the
 drain: once stopping, new calls get UNAVAILABLE while the accepted ones finish.
+
+The receive is bounded only with pygrpc-native's own token check: pygrpc-native 0.5 has no
+message size limit, and holds a call's whole message before Python sees it (six streams
+of 1 GiB took a worker past 3.6 GB and the kernel's OOM killer, docs/security.md). With
+tokens on and no service exempt, pygrpc-native refuses an unauthenticated call at its
+headers, before any of its body is kept; so only callers holding a token can make it hold a
+large message (`receive_bounded`; app.native_wanted picks grpcio otherwise). Its check
+covers every path, the forwarded ones too, which is why an exempt service rules it out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -50,7 +58,7 @@ from mnist_serving_server.core.tokens import (
     BearerTokens,
 )
 from mnist_serving_server.grpc_api import v2_tensors
-from mnist_serving_server.grpc_api.call_metrics import RequestRecord
+from mnist_serving_server.grpc_api.call_metrics import PROTOCOL, RequestRecord
 from mnist_serving_server.grpc_api.classifier_servicer import classify_pixels, classify_response
 from mnist_serving_server.grpc_api.front import GrpcFront, GrpcStartError, grpc_address
 from mnist_serving_server.grpc_api.grpc_errors import status_for
@@ -86,6 +94,13 @@ IO_THREADS: Final = 2
 FLUSH_MARGIN_S: Final = 0.02
 FLUSH_LIMIT_S: Final = 1.0
 SOCKET_NAME: Final = "grpcio.sock"
+UNBOUNDED_NATIVE_RECEIVE: Final = (
+    "the native gRPC front cannot bound a message's size (pygrpc-native holds the whole "
+    "message first) unless every caller is authenticated at its headers: bearer tokens on "
+    "and --auth-exempt-services none"
+)
+# How often the calls pygrpc-native refused itself (no token) are added to the counters.
+NATIVE_REFUSALS_POLL_S: Final = 1.0
 # As the grpc.aio front words it (message_guard.py), so that both fronts answer alike.
 MALFORMED_MESSAGE: Final = (
     "the request is not a valid protobuf message for this method: expected a {message}"
@@ -94,6 +109,12 @@ _UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE.value[0]
 _UNAUTHENTICATED: Final = grpc.StatusCode.UNAUTHENTICATED.value[0]
 _RESOURCE_EXHAUSTED: Final = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _INVALID_ARGUMENT: Final = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def receive_bounded(tokens: Sequence[str], exempt_services: Sequence[str]) -> bool:
+    """Whether the native front bounds what an unknown caller can make it hold: only when
+    pygrpc-native checks every call's token at its headers (tokens on, nothing exempt)."""
+    return bool(tokens) and not exempt_services
 
 
 class _Call:
@@ -123,7 +144,7 @@ class NativeFront:
         socket_dir: Path,
         max_message_bytes: int,
         limits: RequestLimits,
-        tokens: BearerTokens | None,
+        tokens: Sequence[str],
         reuse_port: bool,
     ) -> None:
         self._dataplane = dataplane
@@ -133,7 +154,16 @@ class NativeFront:
         self._socket_dir = socket_dir
         self._max_message_bytes = max_message_bytes
         self._limits = limits
-        self._tokens = tokens
+        # Checked by pygrpc-native at the headers when nothing is exempt (receive_bounded),
+        # else here, after the message (--grpc-front native on trusted networks).
+        self._native_tokens = (
+            [hashlib.sha256(token.encode("ascii")).digest() for token in tokens]
+            if receive_bounded(tokens, fallback.auth_exempt_services)
+            else None
+        )
+        self._tokens = BearerTokens(tokens) if tokens and self._native_tokens is None else None
+        self._native_refusals: dict[str, int] = {}
+        self._refusal_task: asyncio.Task[None] | None = None
         self._reuse_port = reuse_port
         # The natively served methods whose service --auth-exempt-services leaves open.
         self._exempt_methods = frozenset(
@@ -173,6 +203,8 @@ class NativeFront:
                 call_details=True,  # metadata, deadline, and cancel events for unary calls
                 metrics=True,  # its per-method counters tell when every answer is written
                 reuse_port=self._reuse_port,
+                bearer_token_sha256=self._native_tokens,
+                unauthenticated_message=UNAUTHENTICATED_DETAILS,
             )
         except OSError as exc:
             raise GrpcStartError(
@@ -187,6 +219,35 @@ class NativeFront:
             target=self._receive, args=(front, self._loop), name="mnist-grpc-native", daemon=True
         )
         self._receiver.start()
+        if self._native_tokens is not None:
+            self._refusal_task = asyncio.create_task(
+                self._count_native_refusals(), name="mnist-native-refusals"
+            )
+
+    async def _count_native_refusals(self) -> None:
+        """Count the calls pygrpc-native refused for want of a token (they never reach
+        Python) as refused calls, every NATIVE_REFUSALS_POLL_S and once more at stop."""
+        while self._front is not None:
+            self._add_native_refusals(self._front)
+            await asyncio.sleep(NATIVE_REFUSALS_POLL_S)
+
+    def _add_native_refusals(self, front: Any) -> None:
+        counters = front.metrics() or {}
+        methods = counters.get("methods", {})
+        for path, name, _message in NATIVE_METHODS:
+            self._add_refused(path, name, methods.get(path, {}))
+        self._add_refused("", "", counters.get("other", {}))  # forwarded: counted as refused
+
+    def _add_refused(self, key: str, method: str, counters: dict[str, Any]) -> None:
+        refused = int(counters.get("status", {}).get(_UNAUTHENTICATED, {}).get("count", 0))
+        new = refused - self._native_refusals.get(key, 0)
+        self._native_refusals[key] = refused
+        for _ in range(new):
+            self._metrics.on_rejected(REASON_UNAUTHENTICATED)
+            if method:
+                self._metrics.count_request(
+                    PROTOCOL, method, "", "", grpc.StatusCode.UNAUTHENTICATED.name, 0.0
+                )
 
     # --- the receiving thread, then the loop ------------------------------------------
 
@@ -399,6 +460,9 @@ class NativeFront:
                 logger.warning("grace period over; %d native calls still running", self.in_flight)
             await self._flush(front, min(give_up, loop.time() + FLUSH_LIMIT_S))
             self._front = None
+            if self._refusal_task is not None:
+                self._refusal_task.cancel()
+                self._add_native_refusals(front)
             await asyncio.to_thread(front.close)
             if self._receiver is not None:
                 await asyncio.to_thread(self._receiver.join)

@@ -20,20 +20,44 @@ def config(tmp_path: Path, *flags: str, tls: bool = False):
     return load_config(argv, environ={})
 
 
-def test_auto_is_the_native_front_by_default(tmp_path: Path) -> None:
+TOKENS = ("a-token-of-sixteen-chars",)
+NOTHING_EXEMPT = ("--auth-exempt-services", "none")
+
+
+def test_auto_is_native_only_where_its_receive_is_bounded(tmp_path: Path) -> None:
+    """pygrpc-native holds a whole message before Python sees it: auto picks it only when
+    it refuses unknown callers at their headers (tokens on, no service exempt)."""
     assert config(tmp_path).grpc_front == "auto"
-    assert native_wanted(config(tmp_path)) is True
-    assert native_wanted(config(tmp_path, "--grpc-front", "native")) is True
+    assert native_wanted(config(tmp_path, *NOTHING_EXEMPT), TOKENS) is True
+    assert native_wanted(config(tmp_path), ()) is False  # no tokens
+    assert native_wanted(config(tmp_path), TOKENS) is False  # health and reflection exempt
+    assert native_wanted(config(tmp_path, *NOTHING_EXEMPT), ()) is False
+
+
+def test_native_by_name_serves_unbounded_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        assert native_wanted(config(tmp_path, "--grpc-front", "native"), ()) is True
+    assert [r.getMessage() for r in caplog.records] == [
+        app.UNBOUNDED_NATIVE_RECEIVE + "; serve it only to trusted clients"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert native_wanted(config(tmp_path, "--grpc-front", "native", *NOTHING_EXEMPT), TOKENS)
+    assert caplog.records == []
 
 
 def test_grpcio_is_chosen_by_name_or_by_tls(tmp_path: Path) -> None:
-    assert native_wanted(config(tmp_path, "--grpc-front", "grpcio")) is False
-    assert native_wanted(config(tmp_path, tls=True)) is False
+    assert (
+        native_wanted(config(tmp_path, "--grpc-front", "grpcio", *NOTHING_EXEMPT), TOKENS) is False
+    )
+    assert native_wanted(config(tmp_path, *NOTHING_EXEMPT, tls=True), TOKENS) is False
 
 
 def test_native_with_tls_is_refused_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ServerStartError, match="does not serve TLS; use --grpc-front auto"):
-        native_wanted(config(tmp_path, "--grpc-front", "native", tls=True))
+        native_wanted(config(tmp_path, "--grpc-front", "native", tls=True), ())
 
 
 def test_auto_without_the_wheel_falls_back_to_grpcio_with_one_log_line(
@@ -42,12 +66,12 @@ def test_auto_without_the_wheel_falls_back_to_grpcio_with_one_log_line(
     # The one fault that cannot be caused for real here: the wheel is in every lock.
     monkeypatch.setattr(app, "NATIVE_FRONT_AVAILABLE", False)
     with caplog.at_level("WARNING"):
-        assert native_wanted(config(tmp_path)) is False
+        assert native_wanted(config(tmp_path, *NOTHING_EXEMPT), TOKENS) is False
     assert [r.getMessage() for r in caplog.records] == [
         "pygrpc-native cannot be imported: serving gRPC with grpcio"
     ]
     with pytest.raises(ServerStartError, match="pygrpc-native cannot be imported"):
-        native_wanted(config(tmp_path, "--grpc-front", "native"))
+        native_wanted(config(tmp_path, "--grpc-front", "native"), ())
 
 
 def test_the_environment_variable_chooses_too(tmp_path: Path) -> None:
