@@ -29,7 +29,7 @@ from tests.integration.server.classify_support import (
     raw_request,
     served_probabilities,
 )
-from tests.metrics_support import sample_sum
+from tests.support.metrics import sample_sum
 
 EXAMPLES_ENV = "MNIST_SERVING_FUZZ_EXAMPLES"
 DEFAULT_EXAMPLES_PER_TEST = 100

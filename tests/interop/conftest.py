@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.server_process import ServerProcess, start_server_process
 
 # Shut down at once when the session ends (no drain for load balancers in a test).
 NO_DRAIN = ("--drain-delay-s", "0")

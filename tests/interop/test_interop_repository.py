@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.interop.conftest import NO_DRAIN
 from tests.repository_models import FASHION_LABELS, MODEL_FILE, add_version, stage_version
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.server_process import ServerProcess, start_server_process
 
 INPUT_NAME = "pixels"
 PROBABILITIES = "probabilities"

@@ -18,7 +18,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
-from tests.server_process import REPO_ROOT, ServerProcess
+from tests.support.server_process import REPO_ROOT, ServerProcess
 
 MODEL_NAME = "mnist"
 MODEL_VERSION = "1"

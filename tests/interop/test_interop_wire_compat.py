@@ -27,7 +27,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc_tools import protoc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from tests.server_process import REPO_ROOT, ServerProcess
+from tests.support.server_process import REPO_ROOT, ServerProcess
 
 PROTO_DIR = REPO_ROOT / "proto"
 # protoc's virtual path for our files, as proto/generate.py compiles them.

@@ -22,9 +22,10 @@ import pytest
 
 from tests.integration.robustness.load import closed_loop
 from tests.integration.server.classify_support import ReferenceModel, raw_request
-from tests.server_process import start_server_process
-from tests.soak.process_stats import BYTES_PER_MB, open_fds, rss_bytes, slope_per_minute
+from tests.soak.process_stats import slope_per_minute
 from tests.soak.reports import publish
+from tests.support.processes import BYTES_PER_MB, open_fds, rss_bytes
+from tests.support.server_process import start_server_process
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import REPO_ROOT, ServerProcess, start_server_process
+from tests.support.server_process import REPO_ROOT, ServerProcess, start_server_process
 
 DIGITS_DIR = REPO_ROOT / "client" / "examples" / "digits"
 DIGIT_FILES = sorted(DIGITS_DIR.glob("digit_*.png"))

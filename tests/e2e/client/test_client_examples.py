@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import REPO_ROOT, ServerProcess, start_server_process
+from tests.support.server_process import REPO_ROOT, ServerProcess, start_server_process
 
 EXAMPLES_DIR = REPO_ROOT / "client" / "examples"
 EXAMPLE_TIMEOUT_S = 120

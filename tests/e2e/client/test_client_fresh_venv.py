@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import REPO_ROOT, start_server_process
+from tests.support.server_process import REPO_ROOT, start_server_process
 
 CLIENT_DIR = REPO_ROOT / "client"
 DIGIT_FILE = CLIENT_DIR / "examples" / "digits" / "digit_7.png"

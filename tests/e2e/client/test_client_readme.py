@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.server_process import REPO_ROOT, start_server_process
+from tests.support.server_process import REPO_ROOT, start_server_process
 
 README = REPO_ROOT / "client" / "README.md"
 README_TARGET = "localhost:8001"

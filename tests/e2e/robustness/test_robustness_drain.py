@@ -22,7 +22,7 @@ from grpc import aio
 
 from mnist_serving_proto import classifier_pb2_grpc
 from tests.integration.server.classify_support import raw_request
-from tests.server_process import REPO_ROOT, start_server_process
+from tests.support.server_process import REPO_ROOT, start_server_process
 
 DRAIN_DELAY_S = 2.0
 GRACE_PERIOD_S = 20.0

@@ -21,7 +21,7 @@ from grpc import aio
 
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from tests.integration.v2.v2_helpers import raw_infer_request
-from tests.server_process import start_server_process
+from tests.support.server_process import start_server_process
 
 CALLERS = 32
 DRAIN_DELAY_S = 0.5

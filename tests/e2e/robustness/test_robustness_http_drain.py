@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.server_process import start_server_process
+from tests.support.server_process import start_server_process
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.robustness.test_robustness_http_drain import infer_body
-from tests.server_process import start_server_process
+from tests.support.server_process import start_server_process
 
 pytestmark = pytest.mark.e2e
 

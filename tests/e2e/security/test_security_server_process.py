@@ -23,7 +23,7 @@ import pytest
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.grpc_api.auth import AUTH_TOKEN_ENV
 from tests.integration.client.certificates import CertificateFiles, make_certificates
-from tests.server_process import REPO_ROOT, ServerProcess, start_server_process
+from tests.support.server_process import REPO_ROOT, ServerProcess, start_server_process
 
 DIGITS_DIR = REPO_ROOT / "client" / "examples" / "digits"
 DIGIT_FILES = sorted(DIGITS_DIR.glob("digit_*.png"))

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.config import ServerConfig, env_name, flag_name
-from tests.server_process import REPO_ROOT, start_server_process
+from tests.support.server_process import REPO_ROOT, start_server_process
 
 COMMAND_TIMEOUT_S = 120
 EXIT_START_FAILED = 1

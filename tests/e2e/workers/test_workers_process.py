@@ -23,18 +23,18 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
-from tests.e2e.workers.workers_support import (
-    RPC_TIMEOUT_S,
+from tests.support.channels import open_channels
+from tests.support.metrics import scrape
+from tests.support.processes import (
     established_server_sockets,
-    open_channels,
-    scrape,
     socket_inodes_of,
     wait_gone,
     worker_pids,
 )
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.server_process import ServerProcess, start_server_process
 
 WORKERS = 2
+RPC_TIMEOUT_S = 30
 # Separate connections: the kernel spreads new connections over the workers by a hash,
 # so with this many the chance that all land on one of two workers is 2**-15.
 CONNECTIONS = 16
@@ -110,7 +110,7 @@ def test_two_workers_share_the_port_and_answer_correctly(
         for channel in channels:
             channel.close()
 
-    samples = scrape(workers_server)
+    samples = scrape(workers_server.metrics_port)
     ok = sum(
         value
         for (name, labels), value in samples.items()

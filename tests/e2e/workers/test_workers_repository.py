@@ -26,17 +26,13 @@ import pytest
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.core.cores import available_cores
-from tests.e2e.workers.workers_support import (
-    RPC_TIMEOUT_S,
-    established_server_sockets,
-    open_channels,
-    socket_inodes_of,
-    worker_pids,
-)
 from tests.integration.v2.v2_helpers import raw_infer_request
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.channels import open_channels
+from tests.support.processes import established_server_sockets, socket_inodes_of, worker_pids
+from tests.support.server_process import ServerProcess, start_server_process
 
 WORKERS = 2
+RPC_TIMEOUT_S = 30
 MODEL = "mnist"
 CONNECTIONS = 16  # all on one of two workers: chance 2**-15
 LOAD_THREADS = 4

@@ -19,7 +19,8 @@ from mnist_serving_client import (
     ServingStatus,
 )
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
-from tests.integration.server.classify_support import metric, wait_until
+from tests.support.metrics import app_metric
+from tests.support.waiting import wait_until
 
 PARITY_IMAGES = 40
 SPLIT_SIZE = 16
@@ -103,14 +104,14 @@ async def test_full_queue_is_retried_until_it_drains(
 
         retried = asyncio.ensure_future(client.classify_one(images[9]))
         await wait_until(
-            lambda: metric(app, "mnist_serving_rejections_total", reason="queue_full") >= 1,
+            lambda: app_metric(app, "mnist_serving_rejections_total", reason="queue_full") >= 1,
             "the first attempt to be shed",
         )
         runtime_gate.open()
         prediction = await retried
         await asyncio.gather(in_compute, queued)
     assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
-    assert metric(app, "mnist_serving_rejections_total", reason="queue_full") >= 1
+    assert app_metric(app, "mnist_serving_rejections_total", reason="queue_full") >= 1
 
 
 async def test_slow_server_raises_deadline_exceeded(

@@ -21,7 +21,7 @@ from mnist_serving_client import (
     ServingStatus,
     UnavailableError,
 )
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.server_process import ServerProcess, start_server_process
 
 # Digits the model is sure about: re-encoding (PNG, JPEG) must not flip their label.
 CONFIDENT = 0.99

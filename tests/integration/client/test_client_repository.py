@@ -20,7 +20,7 @@ from mnist_serving_client import (
     RepositoryModel,
     RetryPolicy,
 )
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.server_process import ServerProcess, start_server_process
 
 MODEL_NAME = "mnist"
 MODEL_VERSION = "1"

@@ -29,8 +29,8 @@ from tests.integration.security.security_support import (
     new_token,
     write_token_file,
 )
-from tests.integration.v2.v2_helpers import wait_until
-from tests.metrics_support import sample_sum
+from tests.support.metrics import sample_sum
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from tests.integration.http.http_support import (
     png_of,
     split_binary,
 )
-from tests.metrics_support import sample_sum
+from tests.support.metrics import sample_sum
 
 pytestmark = pytest.mark.integration
 

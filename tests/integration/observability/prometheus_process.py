@@ -7,14 +7,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from tests.support.waiting import wait_for
 
 PROMETHEUS_BINARY = "prometheus"
 SCRAPE_INTERVAL = "1s"
@@ -24,8 +25,6 @@ HTTP_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 20.0
 LOG_TAIL_CHARS = 3000
 JOB_NAME = "mnist-serving"
-
-T = TypeVar("T")
 
 
 class PrometheusError(RuntimeError):
@@ -71,18 +70,6 @@ class Prometheus:
         if len(result) != 1:
             raise PrometheusError(f"{promql} gave {len(result)} series, expected one")
         return float(result[0]["value"][1])
-
-
-def wait_for(condition: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll until `condition` returns something other than None (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
 
 
 def free_port() -> int:
@@ -138,7 +125,12 @@ def run_prometheus(metrics_port: int, rule_files: list[Path]) -> Iterator[Promet
             )
         prometheus = Prometheus(process, port, log_path)
         try:
-            wait_for(lambda: _ready(prometheus), READY_TIMEOUT_S, "Prometheus to be ready")
+            wait_for(
+                lambda: _ready(prometheus),
+                READY_TIMEOUT_S,
+                "Prometheus to be ready",
+                POLL_INTERVAL_S,
+            )
             yield prometheus
         finally:
             process.terminate()

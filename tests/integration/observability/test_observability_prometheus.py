@@ -21,10 +21,10 @@ from tests.integration.observability.prometheus_process import (
     PROMETHEUS_BINARY,
     Prometheus,
     run_prometheus,
-    wait_for,
 )
 from tests.requirements_support import require_tool
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.server_process import ServerProcess, start_server_process
+from tests.support.waiting import wait_for
 from tests.unit.deploy.metric_contract import (
     RULES_FILE,
     alert_rules,

@@ -11,12 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.observability.observed_server import (
-    exposed_name,
-    scrape,
-    send_classify_calls,
-)
-from tests.server_process import ServerProcess, start_server_process
+from tests.integration.observability.observed_server import exposed_name, send_classify_calls
+from tests.support.metrics import scrape_families
+from tests.support.server_process import ServerProcess, start_server_process
 from tests.unit.deploy.metric_contract import (
     METRIC_PREFIX,
     dashboard_expressions,
@@ -94,7 +91,7 @@ def test_scraped_metrics_are_exactly_the_documented_ones(server_process: ServerP
     contract = read_contract()
     families = {
         exposed_name(family): family
-        for family in scrape(server_process.metrics_port)
+        for family in scrape_families(server_process.metrics_port)
         if family.name.startswith(METRIC_PREFIX) and not family.name.endswith(CREATED_SUFFIX)
     }
     assert set(families) == set(contract.metrics)
@@ -110,7 +107,7 @@ def test_request_counter_carries_documented_label_values(server_process: ServerP
     assert server_process.metrics_port is not None
     (requests,) = [
         family
-        for family in scrape(server_process.metrics_port)
+        for family in scrape_families(server_process.metrics_port)
         if exposed_name(family) == "mnist_serving_requests_total"
     ]
     totals = {
@@ -125,7 +122,7 @@ def test_request_counter_carries_documented_label_values(server_process: ServerP
 def test_every_series_the_dashboard_reads_is_exposed(server_process: ServerProcess) -> None:
     assert server_process.metrics_port is not None
     exposed: set[str] = set()
-    for family in scrape(server_process.metrics_port):
+    for family in scrape_families(server_process.metrics_port):
         exposed.add(exposed_name(family))
         exposed.update(sample.name for sample in family.samples)
         if family.type == "histogram":

@@ -43,7 +43,7 @@ from tests.otlp_collector import (
     Link,
     OtlpCollector,
 )
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.server_process import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_proto import open_inference_pb2 as v2
 from mnist_serving_proto import open_inference_pb2_grpc as v2_grpc
 from tests.integration.conftest import StartApp
-from tests.integration.server.classify_support import ReferenceModel, metric, raw_request
+from tests.integration.server.classify_support import ReferenceModel, raw_request
+from tests.support.metrics import app_metric
 
 CALLERS = 64
 REQUESTS_PER_CALLER = 4
@@ -73,15 +74,16 @@ async def test_concurrent_classify_replies_match_onnx_runtime_and_metrics_add_up
     sent_images = sum(counts)
     requests = CALLERS * REQUESTS_PER_CALLER
 
-    assert metric(app, "mnist_serving_requests_total", method="Classify", code="OK") == requests
+    assert app_metric(app, "mnist_serving_requests_total", method="Classify", code="OK") == requests
     assert (
-        metric(app, "mnist_serving_request_duration_seconds_count", method="Classify") == requests
+        app_metric(app, "mnist_serving_request_duration_seconds_count", method="Classify")
+        == requests
     )
-    assert metric(app, "mnist_serving_batch_size_sum") == sent_images
+    assert app_metric(app, "mnist_serving_batch_size_sum") == sent_images
     # One queue wait per slice: a request split over two batches waited for each of them.
-    assert metric(app, "mnist_serving_queue_wait_seconds_count") >= requests
-    assert metric(app, "mnist_serving_inflight_requests") == 0
-    assert metric(app, "mnist_serving_queue_depth") == 0
+    assert app_metric(app, "mnist_serving_queue_wait_seconds_count") >= requests
+    assert app_metric(app, "mnist_serving_inflight_requests") == 0
+    assert app_metric(app, "mnist_serving_queue_depth") == 0
 
 
 async def test_concurrent_v2_raw_replies_are_onnx_runtime_bytes(
@@ -115,7 +117,7 @@ async def test_concurrent_v2_raw_replies_are_onnx_runtime_bytes(
     async with aio.insecure_channel(app.target) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         await asyncio.gather(*(caller(stub, index) for index in range(V2_CALLERS)))
-    assert metric(app, "mnist_serving_requests_total", method="ModelInfer", code="OK") == (
+    assert app_metric(app, "mnist_serving_requests_total", method="ModelInfer", code="OK") == (
         V2_CALLERS
     )
 
@@ -129,7 +131,8 @@ async def test_a_failed_request_is_counted_once_with_its_code(start_app: StartAp
             await stub.Classify(bad, timeout=RPC_TIMEOUT_S)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (
-        metric(app, "mnist_serving_requests_total", method="Classify", code="INVALID_ARGUMENT") == 1
+        app_metric(app, "mnist_serving_requests_total", method="Classify", code="INVALID_ARGUMENT")
+        == 1
     )
-    assert metric(app, "mnist_serving_requests_total", method="Classify", code="OK") == 0
-    assert metric(app, "mnist_serving_inflight_requests") == 0
+    assert app_metric(app, "mnist_serving_requests_total", method="Classify", code="OK") == 0
+    assert app_metric(app, "mnist_serving_inflight_requests") == 0

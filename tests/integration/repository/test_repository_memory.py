@@ -24,7 +24,7 @@ import pytest
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from tests.repository_models import add_version
-from tests.server_process import ServerProcess, start_server_process
+from tests.support.server_process import ServerProcess, start_server_process
 
 CYCLES = 20
 CYCLED_MODEL = "cycled"

@@ -22,8 +22,10 @@ from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.core.runtime import ModelRuntime
 from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
-from tests.integration.server.classify_support import metric, raw_request, wait_until
+from tests.integration.server.classify_support import raw_request
 from tests.integration.v2.v2_helpers import raw_infer_request
+from tests.support.metrics import app_metric
+from tests.support.waiting import wait_until
 
 SECRET_DETAIL = "device lost at /opt/secret/kernel.cu:7"
 STREAM_ITEMS_IN_FLIGHT = 5
@@ -75,8 +77,8 @@ async def test_a_failing_batch_fails_only_its_own_calls(
         assert failed.details() == INTERNAL_MESSAGE
     assert len(after.predictions) == 1
     assert SECRET_DETAIL in caplog.text  # the details are logged, never sent
-    assert metric(app, "mnist_serving_requests_total", method="Classify", code="INTERNAL") == 2
-    assert metric(app, "mnist_serving_requests_total", method="Classify", code="OK") == 2
+    assert app_metric(app, "mnist_serving_requests_total", method="Classify", code="INTERNAL") == 2
+    assert app_metric(app, "mnist_serving_requests_total", method="Classify", code="OK") == 2
     assert app.ready
 
 
@@ -140,7 +142,7 @@ async def test_clients_vanishing_mid_stream_free_everything(
         )
     await runtime_gate.wait_entered()
     await wait_until(
-        lambda: metric(app, "mnist_serving_inflight_requests") == len(calls),
+        lambda: app_metric(app, "mnist_serving_inflight_requests") == len(calls),
         "every stream to be open on the server",
     )
     await wait_until(lambda: queue_depth(app) > 0, "stream items queued")
@@ -149,13 +151,13 @@ async def test_clients_vanishing_mid_stream_free_everything(
     runtime_gate.open()
 
     await wait_until(
-        lambda: metric(app, "mnist_serving_inflight_requests") == 0, "the in-flight gauge at 0"
+        lambda: app_metric(app, "mnist_serving_inflight_requests") == 0, "the in-flight gauge at 0"
     )
     await wait_until(lambda: queue_depth(app) == 0, "an empty queue")
     await wait_until(lambda: no_more_tasks_than(tasks_before), "the streams' tasks to end")
     # Each abandoned stream is counted once, as CANCELLED (the warm-up stream was OK).
     for method in ("ClassifyStream", "ModelStreamInfer"):
-        counted = metric(app, "mnist_serving_requests_total", method=method, code="CANCELLED")
+        counted = app_metric(app, "mnist_serving_requests_total", method=method, code="CANCELLED")
         assert counted == STREAMS_PER_API
     async with aio.insecure_channel(app.target) as channel:
         response = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(

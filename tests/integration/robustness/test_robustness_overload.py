@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,15 @@ import grpc
 import numpy as np
 import pytest
 from grpc import aio
-from prometheus_client.parser import text_string_to_metric_families
 
 from mnist_serving_proto import classifier_pb2_grpc
 from tests.integration.robustness.cpu_pinning import cpus_apart
 from tests.integration.robustness.load import LoadResult, closed_loop
 from tests.integration.server.classify_support import ReferenceModel, raw_request
-from tests.server_process import ServerProcess, start_server_process
-from tests.soak.process_stats import BYTES_PER_MB, rss_bytes
 from tests.soak.reports import publish
+from tests.support.metrics import scrape
+from tests.support.processes import BYTES_PER_MB, rss_bytes
+from tests.support.server_process import ServerProcess, start_server_process
 
 # A queue this small is full whenever more than a batch or two of calls are in flight.
 SMALL_QUEUE_IMAGES = "16"
@@ -39,7 +38,6 @@ SHORT_OVERLOAD_S = 5.0
 SHORT_MAX_CALLS = 6000
 CALL_TIMEOUT_S = 2.0
 MAX_RSS_GROWTH_MB = 50.0
-SCRAPE_TIMEOUT_S = 10
 SETTLE_TIMEOUT_S = 10.0
 SETTLE_POLL_S = 0.1
 EXIT_TIMEOUT_S = 60
@@ -69,24 +67,19 @@ QUEUE_DEPTH = "mnist_serving_queue_depth{model=mnist,version=1}"
 ACCEPTANCE_TIMEOUT_S = 240
 
 
-def scrape(port: int | None) -> dict[str, float]:
-    """Unlabelled samples and the per-reason rejections of the server's /metrics."""
-    assert port is not None
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=SCRAPE_TIMEOUT_S) as r:
-        text = r.read().decode()
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            suffix = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{suffix}}}"] = sample.value
-    return values
+def scrape_flat(port: int | None) -> dict[str, float]:
+    """The server's /metrics keyed "name{label=value,...}" (labels sorted)."""
+    return {
+        f"{name}{{{','.join(f'{k}={v}' for k, v in labels)}}}": value
+        for (name, labels), value in scrape(port).items()
+    }
 
 
 async def settled(server: ServerProcess) -> dict[str, float]:
     """Metrics once nothing is in flight or queued; fails if that takes over SETTLE_TIMEOUT_S."""
     deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT_S
     while True:
-        values = await asyncio.to_thread(scrape, server.metrics_port)
+        values = await asyncio.to_thread(scrape_flat, server.metrics_port)
         inflight, queued = values["mnist_serving_inflight_requests{}"], values[QUEUE_DEPTH]
         if inflight == 0 and queued == 0:
             return values

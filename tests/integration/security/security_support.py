@@ -1,4 +1,4 @@
-"""Shared pieces of the security tests: tokens, certificate sets, calls, metric reads."""
+"""Shared pieces of the security tests: tokens, certificate sets, calls."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import numpy as np
 from grpc import aio
 
 from mnist_serving_proto import classifier_pb2_grpc
-from mnist_serving_server.app import ServingApp
 from tests.integration.client.certificates import CertificateFiles, make_certificates
 from tests.integration.server.classify_support import raw_request
-from tests.metrics_support import sample_sum
 
 RPC_TIMEOUT_S = 10
 ONE_DIGIT = np.zeros((1, 28, 28), dtype=np.uint8)
@@ -58,11 +56,6 @@ async def classify_code(
     return grpc.StatusCode.OK, ""
 
 
-def metric(app: ServingApp, name: str, **labels: str) -> float:
-    value = sample_sum(app.registry, name, labels)
-    return 0.0 if value is None else value
-
-
 def expect_refused(code_and_details: tuple[grpc.StatusCode, str]) -> None:
     code, details = code_and_details
     assert code is grpc.StatusCode.UNAUTHENTICATED, (code, details)
@@ -78,7 +71,6 @@ __all__ = [
     "certificate_set",
     "classify_code",
     "expect_refused",
-    "metric",
     "new_token",
     "write_token_file",
 ]

@@ -23,12 +23,12 @@ from tests.integration.security.security_support import (
     bearer,
     classify_code,
     expect_refused,
-    metric,
     new_token,
     write_token_file,
 )
 from tests.integration.server.classify_support import raw_request
 from tests.integration.v2.v2_helpers import raw_infer_request
+from tests.support.metrics import app_metric
 
 STREAM_REQUESTS = 3
 UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -69,11 +69,13 @@ async def test_every_wrong_credential_gets_the_same_generic_refusal(
         assert await classify_code(channel, lower_scheme) == (grpc.StatusCode.OK, "")
         expect_refused(await classify_code(channel, bearer(token.upper())))
     refused = len(wrong_credentials) + 1
-    assert metric(app, "mnist_serving_rejections_total", reason=REASON_UNAUTHENTICATED) == refused
-    assert metric(app, "mnist_serving_requests_total", method="Classify", code=UNAUTHENTICATED) == (
-        refused
+    assert (
+        app_metric(app, "mnist_serving_rejections_total", reason=REASON_UNAUTHENTICATED) == refused
     )
-    assert metric(app, "mnist_serving_requests_total", method="Classify", code="OK") == 2
+    assert app_metric(
+        app, "mnist_serving_requests_total", method="Classify", code=UNAUTHENTICATED
+    ) == (refused)
+    assert app_metric(app, "mnist_serving_requests_total", method="Classify", code="OK") == 2
 
 
 async def test_streams_and_the_v2_api_are_protected_too(
@@ -115,7 +117,8 @@ async def test_streams_and_the_v2_api_are_protected_too(
         assert live.live
     for method in ("ClassifyStream", "ModelInfer", "ServerLive"):
         assert (
-            metric(app, "mnist_serving_requests_total", method=method, code=UNAUTHENTICATED) == 2
+            app_metric(app, "mnist_serving_requests_total", method=method, code=UNAUTHENTICATED)
+            == 2
         ), method
 
 
@@ -148,7 +151,9 @@ async def test_exempting_nothing_protects_health_and_reflection(
             health_pb2.HealthCheckRequest(), metadata=bearer(token), timeout=RPC_TIMEOUT_S
         )
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    assert metric(app, "mnist_serving_requests_total", method="Check", code=UNAUTHENTICATED) == 1
+    assert (
+        app_metric(app, "mnist_serving_requests_total", method="Check", code=UNAUTHENTICATED) == 1
+    )
 
 
 async def test_a_service_can_be_exempted_on_purpose(start_app: StartApp, token_file: Path) -> None:
@@ -177,7 +182,7 @@ async def test_unknown_methods_are_refused_without_growing_the_metric_labels(
         with pytest.raises(aio.AioRpcError) as refused:
             await invented(b"", timeout=RPC_TIMEOUT_S)
     expect_refused((refused.value.code(), refused.value.details() or ""))
-    assert metric(app, "mnist_serving_rejections_total", reason=REASON_UNAUTHENTICATED) == 1
+    assert app_metric(app, "mnist_serving_rejections_total", reason=REASON_UNAUTHENTICATED) == 1
     methods = {
         sample.labels["method"]
         for family in app.registry.collect()

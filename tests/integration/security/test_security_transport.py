@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from tests.integration.security.security_support import (
     write_token_file,
 )
 from tests.integration.server.classify_support import ReferenceModel
+from tests.support.metrics import metrics_text
 
 DIGITS = 4
 # Connection failures are what these tests expect: one attempt, no retry backoff.
@@ -163,7 +163,7 @@ async def test_metrics_bound_to_localhost_only(start_app: StartApp, tmp_path: Pa
     assert code is grpc.StatusCode.UNAUTHENTICATED
     port = app.metrics_port
     assert port is not None
-    text = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
+    text = await asyncio.to_thread(metrics_text, port)
     assert f'mnist_serving_rejections_total{{reason="{REASON_UNAUTHENTICATED}"}} 1.0' in text
     refused = (
         'mnist_serving_requests_total{code="UNAUTHENTICATED",method="Classify",model="",'
@@ -184,8 +184,3 @@ async def test_grpc_host_binding_is_honoured_too(start_app: StartApp) -> None:
         with pytest.raises(aio.AioRpcError) as refused:
             await check(b"", timeout=RPC_TIMEOUT_S)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-
-
-def _scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as response:
-        return str(response.read().decode())

@@ -1,11 +1,8 @@
-"""Helpers for the Classify integration tests: requests, a reference ONNX Runtime, metrics."""
+"""Helpers for the Classify integration tests: requests and a reference ONNX Runtime."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +10,10 @@ import onnxruntime as ort
 from PIL import Image as PilImage
 
 from mnist_serving_proto import classifier_pb2
-from mnist_serving_server.app import ServingApp
-from tests.metrics_support import sample_sum
 
 IMAGE_SHAPE = (28, 28)
 # The acceptance bound: served probabilities equal ONNX Runtime run directly on the pixels.
 PARITY_ATOL = 1e-6
-POLL_INTERVAL_S = 0.02
-POLL_TIMEOUT_S = 20.0
 
 
 def raw_request(digits: np.ndarray, **fields: object) -> classifier_pb2.ClassifyRequest:
@@ -53,18 +46,3 @@ class ReferenceModel:
 
 def served_probabilities(response: classifier_pb2.ClassifyResponse) -> np.ndarray:
     return np.array([list(p.probabilities) for p in response.predictions], dtype=np.float32)
-
-
-def metric(app: ServingApp, name: str, **labels: str) -> float:
-    """A sample's current value in the app's registry (0 when it has not been observed)."""
-    value = sample_sum(app.registry, name, labels)
-    return 0.0 if value is None else value
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` (bounded); for state that other tasks or threads settle."""
-    deadline = time.monotonic() + POLL_TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(POLL_INTERVAL_S)

@@ -16,11 +16,11 @@ from tests.integration.conftest import StartApp
 from tests.integration.server.classify_support import (
     PARITY_ATOL,
     ReferenceModel,
-    metric,
     png_bytes,
     raw_request,
     served_probabilities,
 )
+from tests.support.metrics import app_metric
 
 ACCURACY_REQUEST_IMAGES = 100
 CONCURRENT_CALLS = 64
@@ -162,13 +162,13 @@ async def test_concurrent_single_image_calls_are_batched_without_mix_ups(
                 served_probabilities(response), alone, rtol=0, atol=PARITY_ATOL
             )
             assert response.predictions[0].label == int(alone.argmax())
-        batches = metric(server, "mnist_serving_batch_size_count")
-        single_image_batches = metric(server, "mnist_serving_batch_size_bucket", le="1.0")
+        batches = app_metric(server, "mnist_serving_batch_size_count")
+        single_image_batches = app_metric(server, "mnist_serving_batch_size_bucket", le="1.0")
         if batches > single_image_batches:
             batched = True
             break
     assert batched, "64 concurrent calls never shared a batch"
-    assert metric(server, "mnist_serving_batch_size_sum") >= CONCURRENT_CALLS
+    assert app_metric(server, "mnist_serving_batch_size_sum") >= CONCURRENT_CALLS
 
 
 async def test_stream_replies_in_order_with_ids_and_per_request_errors(
@@ -207,7 +207,9 @@ async def test_stream_replies_in_order_with_ids_and_per_request_errors(
                 atol=PARITY_ATOL,
             )
             assert not reply.HasField("error")
-    assert metric(server, "mnist_serving_requests_total", method="ClassifyStream", code="OK") == 1
+    assert (
+        app_metric(server, "mnist_serving_requests_total", method="ClassifyStream", code="OK") == 1
+    )
 
 
 async def test_a_large_request_is_split_across_batches_and_reassembled(
@@ -223,6 +225,6 @@ async def test_a_large_request_is_split_across_batches_and_reassembled(
     np.testing.assert_allclose(
         served_probabilities(response), reference.probabilities(images[:50]), atol=PARITY_ATOL
     )
-    assert metric(app, "mnist_serving_batch_size_bucket", le="8.0") == metric(
+    assert app_metric(app, "mnist_serving_batch_size_bucket", le="8.0") == app_metric(
         app, "mnist_serving_batch_size_count"
     )

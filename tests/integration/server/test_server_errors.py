@@ -19,7 +19,9 @@ from mnist_serving_server.grpc_api.drain_gate import HOLD_LIMIT_S
 from mnist_serving_server.grpc_api.front import GrpcFront
 from mnist_serving_server.grpc_api.grpc_errors import INTERNAL_MESSAGE
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
-from tests.integration.server.classify_support import metric, raw_request, wait_until
+from tests.integration.server.classify_support import raw_request
+from tests.support.metrics import app_metric
+from tests.support.waiting import wait_until
 
 Digits = tuple[Any, Any]
 ONE_DIGIT = np.zeros((1, 28, 28), dtype=np.uint8)
@@ -63,7 +65,9 @@ async def test_wrong_pixel_size_names_the_image_and_the_expected_size(
     # The server counts the call as its handler ends, a moment after the client has the reply.
     # Counted before the status went out: no waiting needed.
     assert (
-        metric(server, "mnist_serving_requests_total", method="Classify", code="INVALID_ARGUMENT")
+        app_metric(
+            server, "mnist_serving_requests_total", method="Classify", code="INVALID_ARGUMENT"
+        )
         == 1
     )
 
@@ -175,7 +179,7 @@ async def test_full_queue_is_resource_exhausted_and_queued_calls_still_complete(
         assert len((await queued).predictions) == TINY_QUEUE_IMAGES
     assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.details == "queue full: 4 images queued, limit 4; retry with backoff"
-    assert metric(app, "mnist_serving_rejections_total", reason="queue_full") == 1
+    assert app_metric(app, "mnist_serving_rejections_total", reason="queue_full") == 1
 
 
 async def test_deadline_too_short_is_dropped_before_compute(
@@ -189,7 +193,7 @@ async def test_deadline_too_short_is_dropped_before_compute(
     app = await start_app()
     async with aio.insecure_channel(app.target) as channel:
         stub = stub_for(channel)
-        images_before = metric(app, "mnist_serving_batch_size_sum")
+        images_before = app_metric(app, "mnist_serving_batch_size_sum")
         runtime_gate.close()
         in_compute = asyncio.ensure_future(stub.Classify(raw_request(ONE_DIGIT)))
         await runtime_gate.wait_entered()
@@ -200,8 +204,8 @@ async def test_deadline_too_short_is_dropped_before_compute(
         await in_compute
         await wait_until(
             lambda: (
-                metric(app, "mnist_serving_rejections_total", reason="deadline")
-                + metric(app, "mnist_serving_rejections_total", reason="cancelled")
+                app_metric(app, "mnist_serving_rejections_total", reason="deadline")
+                + app_metric(app, "mnist_serving_rejections_total", reason="cancelled")
                 == 1
             ),
             "the expired request to be dropped",
@@ -210,7 +214,7 @@ async def test_deadline_too_short_is_dropped_before_compute(
     assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "deadline" in error.details.lower()
     # Only the held call and the call after it were computed.
-    assert metric(app, "mnist_serving_batch_size_sum") == images_before + 2
+    assert app_metric(app, "mnist_serving_batch_size_sum") == images_before + 2
 
 
 async def test_cancelled_call_is_dropped_and_the_server_stays_healthy(
@@ -231,7 +235,7 @@ async def test_cancelled_call_is_dropped_and_the_server_stays_healthy(
 
         await wait_until(
             lambda: (
-                metric(app, "mnist_serving_requests_total", method="Classify", code="CANCELLED")
+                app_metric(app, "mnist_serving_requests_total", method="Classify", code="CANCELLED")
                 == 1
             ),
             "the server to see the cancellation",
@@ -239,7 +243,7 @@ async def test_cancelled_call_is_dropped_and_the_server_stays_healthy(
         runtime_gate.open()
         await in_compute
         await wait_until(
-            lambda: metric(app, "mnist_serving_rejections_total", reason="cancelled") == 1,
+            lambda: app_metric(app, "mnist_serving_rejections_total", reason="cancelled") == 1,
             "the cancelled request to be dropped",
         )
         assert len((await stub.Classify(raw_request(ONE_DIGIT))).predictions) == 1
@@ -253,7 +257,7 @@ async def test_not_ready_is_unavailable(start_app: StartApp) -> None:
         error = await classify_error(stub_for(channel), raw_request(ONE_DIGIT))
         assert error.code is grpc.StatusCode.UNAVAILABLE
         assert "not ready" in error.details
-        assert metric(app, "mnist_serving_rejections_total", reason="not_ready") == 1
+        assert app_metric(app, "mnist_serving_rejections_total", reason="not_ready") == 1
         gate.set()
         await app.wait_ready()
         assert len((await stub_for(channel).Classify(raw_request(ONE_DIGIT))).predictions) == 1
@@ -282,7 +286,7 @@ async def test_runtime_failure_is_internal_with_a_generic_message(
     assert error.code is grpc.StatusCode.INTERNAL
     assert error.details == INTERNAL_MESSAGE
     assert "CUDA out of memory" in caplog.text
-    assert metric(app, "mnist_serving_requests_total", method="Classify", code="INTERNAL") == 1
+    assert app_metric(app, "mnist_serving_requests_total", method="Classify", code="INTERNAL") == 1
 
 
 # --- refused before the servicer runs: still counted once, with the code ------------------
@@ -292,8 +296,8 @@ CLASSIFY_PATH = "/mnist_serving.v1.Classifier/Classify"
 
 def counted(app: ServingApp, code: str) -> tuple[float, float]:
     """(requests_total, duration observations) of Classify with `code` (model unknown)."""
-    total = metric(app, "mnist_serving_requests_total", method="Classify", code=code)
-    durations = metric(
+    total = app_metric(app, "mnist_serving_requests_total", method="Classify", code=code)
+    durations = app_metric(
         app, "mnist_serving_request_duration_seconds_count", method="Classify", model=""
     )
     return total, durations
@@ -326,7 +330,7 @@ async def test_call_refused_while_draining_is_unavailable_and_counted(start_app:
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert "shutting down" in error.details
     assert counted(app, "UNAVAILABLE") == (1, 1)
-    assert metric(app, "mnist_serving_rejections_total", reason="not_ready") == 1
+    assert app_metric(app, "mnist_serving_rejections_total", reason="not_ready") == 1
 
 
 async def test_a_refusal_without_deadline_is_held_at_most_the_hold_limit(

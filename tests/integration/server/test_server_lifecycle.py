@@ -7,7 +7,7 @@ import hashlib
 import json
 import signal
 import time
-import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +17,19 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from mnist_serving_proto import classifier_pb2_grpc
 from mnist_serving_server.app import ServerStartError, ServingApp
 from mnist_serving_server.grpc_api.health import SERVICE_NAMES
 from tests.integration.conftest import StartApp
-from tests.integration.server.classify_support import raw_request, wait_until
-from tests.server_process import ServerProcessError, start_server_process
+from tests.integration.server.classify_support import raw_request
+from tests.support.metrics import SampleKey, scrape, total
+from tests.support.server_process import ServerProcessError, start_server_process
+from tests.support.waiting import wait_until
 
 ONE_DIGIT = np.zeros((1, 28, 28), dtype=np.uint8)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-SCRAPE_TIMEOUT_S = 10
 OK_CALLS = 7
 # SIGTERM burst: workers keep calling until refused; a bound keeps the test finite.
 BURST_WORKERS = 8
@@ -48,28 +48,7 @@ async def health_status(channel: aio.Channel, service: str) -> int:
     return int(response.status)
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of http://127.0.0.1:port/metrics, parsed by prometheus_client's parser."""
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def total(samples: dict[Any, float], name: str, **labels: str) -> float:
-    """The sum of `name` over every label set that has `labels`."""
-    return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and labels.items() <= dict(sample_labels).items()
-    )
-
-
-def requests_total(samples: dict[Any, float], method: str, code: str) -> float:
+def requests_total(samples: Mapping[SampleKey, float], method: str, code: str) -> float:
     return total(samples, "mnist_serving_requests_total", method=method, code=code)
 
 

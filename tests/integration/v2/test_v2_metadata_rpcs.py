@@ -15,7 +15,7 @@ from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.app import ServingApp
 from tests.integration.conftest import StartApp
 from tests.integration.v2.v2_helpers import MODEL_NAME, raw_infer_request
-from tests.metrics_support import sample_sum
+from tests.support.metrics import sample_sum
 
 SERVED_VERSION = "1"
 

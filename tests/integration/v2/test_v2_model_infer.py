@@ -24,9 +24,9 @@ from tests.integration.v2.v2_helpers import (
     raw_infer_request,
     reference_outputs,
     typed_infer_request,
-    wait_until,
 )
-from tests.metrics_support import sample_sum
+from tests.support.metrics import sample_sum
+from tests.support.waiting import wait_until
 
 TOLERANCE = 1e-6
 DIGITS = 16

@@ -18,8 +18,8 @@ from mnist_serving_server.app import ServingApp
 from mnist_serving_server.grpc_api.native_front import CLASSIFY, MODEL_INFER, NativeFront
 from tests.integration.conftest import RuntimeGate, StartApp, queue_depth
 from tests.integration.v2.test_v2_model_infer import one_image_request
-from tests.integration.v2.v2_helpers import wait_until
-from tests.metrics_support import sample_sum
+from tests.support.metrics import sample_sum
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 CALL_TIMEOUT_S = 30.0

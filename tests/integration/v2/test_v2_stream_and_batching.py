@@ -21,9 +21,9 @@ from tests.integration.v2.v2_helpers import (
     output_array,
     raw_infer_request,
     reference_outputs,
-    wait_until,
 )
-from tests.metrics_support import sample_sum
+from tests.support.metrics import sample_sum
+from tests.support.waiting import wait_until
 
 TOLERANCE = 1e-6
 STREAM_REQUESTS = 40

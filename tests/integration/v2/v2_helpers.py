@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 import numpy as np
 import onnxruntime as ort
 
@@ -12,16 +9,6 @@ from mnist_serving_proto import open_inference_pb2 as pb
 
 MODEL_NAME = "mnist"
 INPUT_NAME = "pixels"
-WAIT_LIMIT_S = 30.0
-POLL_S = 0.01
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Until `condition` (cheap in-process state, e.g. the queue depth) holds; at most 30 s."""
-    async with asyncio.timeout(WAIT_LIMIT_S):
-        # The batcher offers no event for "n images queued"; a bounded poll is enough here.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(POLL_S)
 
 
 def reference_outputs(session: ort.InferenceSession, images: np.ndarray) -> dict[str, np.ndarray]:

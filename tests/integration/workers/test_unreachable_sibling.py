@@ -22,7 +22,7 @@ from mnist_serving_server.core.errors import INTERNAL_MESSAGE
 from mnist_serving_server.peers import WorkerGroup
 from tests.integration.conftest import app_config
 from tests.integration.http.http_support import call
-from tests.metrics_support import sample_sum
+from tests.support.metrics import sample_sum
 
 MODEL = "mnist"
 # Long enough for a local reload of the small reference model to finish first (the leader
