@@ -53,6 +53,11 @@ METADATA_DATASET = "dataset"
 METADATA_PRODUCER_VERSIONS = "producer_versions"
 METADATA_OPSET = "opset"
 
+# Node annotations of the dynamo exporter that name files of the machine that exported
+# (absolute source paths of every traced line): dropped, so a shipped model is the same file
+# wherever it was trained. The other annotations (module names, scopes) stay.
+MACHINE_SPECIFIC_NODE_METADATA = ("pkg.torch.onnx.stack_trace",)
+
 
 class ExportParityError(RuntimeError):
     """The exported graph does not reproduce PyTorch's outputs."""
@@ -108,6 +113,30 @@ def set_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
     model.metadata_props.extend(kept)
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
+
+
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every subgraph inside its nodes' attributes."""
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            subgraphs = [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]
+            for subgraph in subgraphs:
+                found.extend(_graphs(subgraph))
+    return found
+
+
+def strip_machine_specific_metadata(model: onnx.ModelProto) -> int:
+    """Drop the nodes' source-path annotations (see above); return how many were dropped."""
+    nodes = [node for graph in _graphs(model.graph) for node in graph.node]
+    nodes += [node for function in model.functions for node in function.node]
+    dropped = 0
+    for node in nodes:
+        kept = [p for p in node.metadata_props if p.key not in MACHINE_SPECIFIC_NODE_METADATA]
+        dropped += len(node.metadata_props) - len(kept)
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return dropped
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -168,6 +197,7 @@ def export_onnx(cnn: MnistCnn, path: Path, metadata: Mapping[str, str]) -> Expor
         exporter = "legacy"
         proto = _export_legacy(serving, path)
     set_metadata(proto, metadata)
+    strip_machine_specific_metadata(proto)
     onnx.checker.check_model(proto)
     # save_as_external_data=False keeps the weights inside model.onnx (no .data sidecar).
     onnx.save(proto, str(path), save_as_external_data=False)

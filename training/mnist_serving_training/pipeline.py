@@ -12,7 +12,19 @@ import numpy as np
 import torch
 
 from mnist_serving_server.core.runtime import file_sha256
+from mnist_serving_training.augment import (
+    ROBUSTNESS_SEED,
+    ROBUSTNESS_TRANSFORM,
+    AugmentConfig,
+    transformed_copy,
+)
 from mnist_serving_training.data import DatasetSplit, load_dataset
+from mnist_serving_training.defaults import (
+    DEFAULT_LR_SCHEDULE,
+    DEFAULT_WEIGHT_DECAY,
+    default_augment,
+    default_epochs,
+)
 from mnist_serving_training.export import (
     build_metadata,
     check_export_parity,
@@ -41,7 +53,8 @@ STATE_DICT_FILENAME = "model_state_dict.pt"
 class TrainingJob:
     dataset: str
     data_dir: Path
-    epochs: int
+    # None: the dataset's default (defaults.default_epochs).
+    epochs: int | None
     seed: int
     batch_size: int
     learning_rate: float
@@ -53,27 +66,48 @@ class TrainingJob:
     # Also write <model>_features/<version>: the first Conv + ReLU, for the drawing page.
     features_model: bool = True
     show_progress: bool = True
+    # None: augment the datasets of defaults.AUGMENTED_DATASETS; True/False: always/never.
+    augment: bool | None = None
+    augment_config: AugmentConfig = ROBUSTNESS_TRANSFORM
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    lr_schedule: str = DEFAULT_LR_SCHEDULE
     # How the job was started, for the report: the command line and, from make, the make command.
     command: str | None = None
     make_command: str | None = None
 
 
 def _final_evaluation(split: DatasetSplit, result: TrainResult) -> dict[str, Any]:
+    """The held-out digits as they are, and the same digits randomly moved (``transformed``)."""
     from mnist_serving_training.model import PixelNormalizer
 
-    evaluation = evaluate(
-        result.model,
-        as_tensor_images(split.test_images),
-        torch.from_numpy(split.test_labels),
-        PixelNormalizer(),
-    )
+    images = as_tensor_images(split.test_images)
+    labels = torch.from_numpy(split.test_labels)
+    evaluation = evaluate(result.model, images, labels, PixelNormalizer())
     matrix = confusion_matrix(split.test_labels, evaluation.predictions, len(split.labels))
+    moved = evaluate(result.model, transformed_copy(images), labels, PixelNormalizer())
+    moved_matrix = confusion_matrix(split.test_labels, moved.predictions, len(split.labels))
     return {
         "test_loss": evaluation.loss,
         "test_accuracy": evaluation.accuracy,
         "per_class_accuracy": per_class_accuracy(matrix),
         "confusion_matrix": matrix.tolist(),
+        "transformed_test": {
+            "description": "the held-out images, each randomly rotated, shifted and scaled "
+            "(uniform in +-rotation_degrees, +-translate_pixels per axis, 1 +- scale; "
+            "bilinear, rounded to uint8), drawn with this seed",
+            "transform": ROBUSTNESS_TRANSFORM.as_dict(),
+            "seed": ROBUSTNESS_SEED,
+            "test_accuracy": moved.accuracy,
+            "per_class_accuracy": per_class_accuracy(moved_matrix),
+        },
     }
+
+
+def resolve_training(job: TrainingJob, dataset: str) -> tuple[int, AugmentConfig | None]:
+    """The epochs and augmentation of ``job`` once the dataset it loaded is known."""
+    epochs = job.epochs if job.epochs is not None else default_epochs(dataset)
+    augmented = job.augment if job.augment is not None else default_augment(dataset)
+    return epochs, job.augment_config if augmented else None
 
 
 def _write_features_version(
@@ -114,12 +148,25 @@ def run_job(job: TrainingJob) -> Path:
         split.test_size,
         split.description,
     )
+    epochs, augmentation = resolve_training(job, split.name)
+    logger.info(
+        "%d epochs, AdamW lr %g (%s schedule), weight decay %g, batch %d, augmentation %s",
+        epochs,
+        job.learning_rate,
+        job.lr_schedule,
+        job.weight_decay,
+        job.batch_size,
+        "off" if augmentation is None else augmentation.as_dict(),
+    )
     config = TrainConfig(
-        epochs=job.epochs,
+        epochs=epochs,
         batch_size=job.batch_size,
         learning_rate=job.learning_rate,
         seed=job.seed,
         show_progress=job.show_progress,
+        augment=augmentation,
+        weight_decay=job.weight_decay,
+        lr_schedule=job.lr_schedule,
     )
     result = train(split, config)
     final = _final_evaluation(split, result)
@@ -165,9 +212,13 @@ def run_job(job: TrainingJob) -> Path:
             "dataset_description": split.description,
             "train_size": split.train_size,
             "test_size": split.test_size,
-            "epochs": job.epochs,
+            "epochs": epochs,
             "batch_size": job.batch_size,
+            "optimizer": "AdamW",
             "learning_rate": job.learning_rate,
+            "lr_schedule": job.lr_schedule,
+            "weight_decay": job.weight_decay,
+            "augmentation": None if augmentation is None else augmentation.as_dict(),
             "seed": job.seed,
             "torch_threads": result.threads,
             "history": history,
@@ -178,7 +229,8 @@ def run_job(job: TrainingJob) -> Path:
             "opset": export_info.opset,
             "export_parity": parity.as_dict(),
             "model_sha256": file_sha256(model_path),
-            "model_path": str((final_dir / MODEL_FILENAME).resolve()),
+            # Relative to the model repository: the same wherever it was trained.
+            "model_path": (Path(job.model_name) / str(version) / MODEL_FILENAME).as_posix(),
             "wall_time_s": round(time.monotonic() - started, 3),
         }
         if job.command is not None:
@@ -187,11 +239,12 @@ def run_job(job: TrainingJob) -> Path:
             report["make_command"] = job.make_command
         write_report(staging / REPORT_FILENAME, report)
     logger.info(
-        "wrote %s: held-out accuracy %.2f%% (%s, %d epochs, %.1f s)",
+        "wrote %s: held-out accuracy %.2f%%, %.2f%% moved (%s, %d epochs, %.1f s)",
         final_dir,
         100 * final["test_accuracy"],
+        100 * final["transformed_test"]["test_accuracy"],
         split.name,
-        job.epochs,
+        epochs,
         report["wall_time_s"],
     )
     if job.features_model:

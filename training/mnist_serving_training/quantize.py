@@ -197,7 +197,11 @@ def write_int8_version(
                 "test_size",
                 "epochs",
                 "batch_size",
+                "optimizer",
                 "learning_rate",
+                "lr_schedule",
+                "weight_decay",
+                "augmentation",
                 "seed",
                 "history",
                 "labels",
@@ -217,7 +221,10 @@ def write_int8_version(
                     **comparison,
                 },
                 "model_sha256": file_sha256(int8_path),
-                "model_path": str((final_dir / MODEL_FILENAME).resolve()),
+                # Relative to the model repository, as in the FP32 report.
+                "model_path": (
+                    Path(fp32_report["model_name"]) / str(version) / MODEL_FILENAME
+                ).as_posix(),
             }
         )
         write_report(staging / REPORT_FILENAME, report)

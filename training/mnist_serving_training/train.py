@@ -1,4 +1,9 @@
-"""The training loop: seeded, deterministic, with a progress bar per epoch."""
+"""The training loop: seeded, deterministic, with a progress bar per epoch.
+
+AdamW (decoupled weight decay; with weight decay 0 it is Adam), an optional learning-rate
+schedule stepped per batch, and optional random affine augmentation of every training batch
+(:mod:`mnist_serving_training.augment`), drawn from its own seeded generator.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,16 @@ from torch import nn
 from tqdm import tqdm
 
 from mnist_serving_server.core.cores import available_cores
+from mnist_serving_training.augment import AugmentConfig, augment
 from mnist_serving_training.data import DatasetSplit
 from mnist_serving_training.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_SEED,
+    LR_SCHEDULE_CONSTANT,
+    LR_SCHEDULE_COSINE,
+    LR_SCHEDULE_ONECYCLE,
 )
 from mnist_serving_training.model import MnistCnn, PixelNormalizer
 
@@ -28,6 +37,9 @@ logger = logging.getLogger(__name__)
 EVALUATION_BATCH_SIZE = 1_000
 PROGRESS_INTERVAL_S = 0.1
 PROGRESS_LOG_INTERVAL_S = 5.0
+# The augmentation generator's seed is the training seed plus this, so that its stream is
+# not the shuffle order's.
+AUGMENT_SEED_OFFSET = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,10 @@ class TrainConfig:
     learning_rate: float = DEFAULT_LEARNING_RATE
     seed: int = DEFAULT_SEED
     show_progress: bool = True
+    # None: train on the images as they are.
+    augment: AugmentConfig | None = None
+    weight_decay: float = 0.0
+    lr_schedule: str = LR_SCHEDULE_CONSTANT
 
 
 @dataclass(frozen=True)
@@ -96,27 +112,49 @@ def evaluate(
     return Evaluation(loss=total_loss / count, accuracy=accuracy, predictions=predicted)
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-batch learning-rate schedule: constant (None), one-cycle or cosine."""
+    total_steps = max(config.epochs * steps_per_epoch, 1)
+    if config.lr_schedule == LR_SCHEDULE_ONECYCLE:
+        # Warm up to --lr over the first 30% of the steps, then anneal (cosine) to ~0.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.learning_rate, total_steps=total_steps
+        )
+    if config.lr_schedule == LR_SCHEDULE_COSINE:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.lr_schedule == LR_SCHEDULE_CONSTANT:
+        return None
+    raise ValueError(f"unknown learning-rate schedule {config.lr_schedule!r}")
+
+
 def train(
     split: DatasetSplit,
     config: TrainConfig,
     threads: int | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> TrainResult:
-    """Train a fresh MnistCnn with Adam and cross-entropy; evaluate on the test set per epoch."""
+    """Train a fresh MnistCnn with AdamW and cross-entropy; evaluate on the test set per epoch."""
     threads = threads or available_cores()
     configure_determinism(config.seed, threads)
     model = MnistCnn()
     normalizer = PixelNormalizer()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     loss_fn = nn.CrossEntropyLoss()
-    # The shuffle order has its own generator, so it depends on the seed alone.
+    # The shuffle order and the augmentation have their own generators, so they depend on
+    # the seed alone.
     order_generator = torch.Generator().manual_seed(config.seed)
+    augment_generator = torch.Generator().manual_seed(config.seed + AUGMENT_SEED_OFFSET)
     train_images = as_tensor_images(split.train_images)
     train_labels = torch.from_numpy(split.train_labels)
     test_images = as_tensor_images(split.test_images)
     test_labels = torch.from_numpy(split.test_labels)
     result = TrainResult(model=model, threads=threads)
     batches_per_epoch = -(-split.train_size // config.batch_size)
+    scheduler = make_scheduler(optimizer, config, batches_per_epoch)
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(split.train_size, generator=order_generator)
@@ -133,10 +171,15 @@ def train(
         )
         for batch_index in progress:
             indices = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            batch = train_images[indices]
+            if config.augment is not None:
+                batch = augment(batch, config.augment, augment_generator)
             optimizer.zero_grad()
-            loss = loss_fn(model(normalizer(train_images[indices])), train_labels[indices])
+            loss = loss_fn(model(normalizer(batch)), train_labels[indices])
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             running_loss += loss.item() * indices.shape[0]
             seen += int(indices.shape[0])
             # refresh=False: redraw at the bar's own interval, not on every batch.
