@@ -45,6 +45,24 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PROBE_TIMEOUT_S ?= 5
 TORCH_CHOICE := $(TRAIN_VENV)/.torch
 
+# Which ONNX Runtime build `make serve` runs: auto | cpu | gpu. auto: onnxruntime-gpu (CUDA,
+# requirements/serve-gpu.txt) where an NVIDIA GPU is present (the same test as TORCH=auto's),
+# else onnxruntime (CPU, requirements/serve.txt). Each build has its own environment
+# ($(VENV), $(GPU_VENV)), so ORT= switches between them without reinstalling.
+ORT ?= auto
+ORT_CHOICES := auto cpu gpu
+ifneq ($(words $(ORT))$(filter $(ORT_CHOICES),$(ORT)),1$(strip $(ORT)))
+$(error ORT=$(ORT): expected one of $(ORT_CHOICES))
+endif
+GPU_VENV ?= .venv-gpu
+GPU_PY := $(GPU_VENV)/bin/python
+GPU_STAMP := $(GPU_VENV)/.installed
+SERVE_GPU_LOCK := $(LOCK_DIR)/serve-gpu.txt
+NVIDIA_GPU := $(shell { command -v nvidia-smi || test -e /proc/driver/nvidia; } >/dev/null 2>&1 && echo yes)
+ORT_BUILD := $(if $(filter auto,$(ORT)),$(if $(NVIDIA_GPU),gpu,cpu),$(ORT))
+SERVE_ENV_PY := $(if $(filter gpu,$(ORT_BUILD)),$(GPU_PY),$(SERVE_PY))
+SERVE_ENV_STAMP := $(if $(filter gpu,$(ORT_BUILD)),$(GPU_STAMP),$(SERVE_STAMP))
+
 MODEL_REPOSITORY ?= model_repository
 MODEL_NAME ?= mnist
 DATASET ?= auto
@@ -70,7 +88,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 EXTRA_TEST_TARGETS :=
 -include mk/*.mk
 
-.PHONY: help venv train-venv dev-venv lock lock-check system-deps proto proto-check train-export reference-model \
+.PHONY: help venv gpu-venv ort-choice test-gpu-build train-venv dev-venv lock lock-check system-deps proto proto-check train-export reference-model \
   model serve lint test test-python test-interop clean
 
 help: ## Show the targets
@@ -81,9 +99,13 @@ help: ## Show the targets
 	@echo "  $(TRAIN_VENV)   train: + PyTorch/ONNX export (make train-export); make test/lint add pytest, ruff, mypy"
 	@echo "  $(DEPLOY_VENV)  deploy checks: checkov, hadolint, kubectl (make test-deploy)"
 	@echo
-	@echo "Variables: DATASET=$(DATASET) EPOCHS=$(EPOCHS) SEED=$(SEED) QUANTIZE=$(QUANTIZE) MODEL_REPOSITORY=$(MODEL_REPOSITORY) TORCH=$(TORCH)"
+	@echo "  $(GPU_VENV)     serve on a GPU: .venv with onnxruntime-gpu + CUDA/cuDNN wheels (make serve where an NVIDIA GPU is, or ORT=gpu)"
+	@echo
+	@echo "Variables: DATASET=$(DATASET) EPOCHS=$(EPOCHS) SEED=$(SEED) QUANTIZE=$(QUANTIZE) MODEL_REPOSITORY=$(MODEL_REPOSITORY) TORCH=$(TORCH) ORT=$(ORT)"
 
 venv: $(SERVE_STAMP) ## Create .venv: the server and the client SDK/CLI (no torch)
+
+gpu-venv: $(GPU_STAMP) ## Create .venv-gpu: .venv with onnxruntime-gpu (CUDA 13, cuDNN 9 wheels) instead of onnxruntime
 
 train-venv: $(TRAIN_STAMP) ## Create .venv-train: + PyTorch (CPU build where no GPU) and ONNX export
 
@@ -94,6 +116,22 @@ $(SERVE_STAMP): $(SERVE_LOCK) $(PROJECT_FILES)
 	$(SERVE_PY) $(PIP_INSTALL_LOCK) $(SERVE_LOCK)
 	$(SERVE_PY) $(PIP_INSTALL_OURS) .
 	@touch $@
+
+# The GPU lock holds onnxruntime-gpu in place of onnxruntime (our package comes --no-deps).
+$(GPU_STAMP): $(SERVE_GPU_LOCK) $(PROJECT_FILES)
+	@test -x $(GPU_PY) || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PY) $(PIP_INSTALL_LOCK) $(SERVE_GPU_LOCK)
+	$(GPU_PY) $(PIP_INSTALL_OURS) .
+	@touch $@
+
+# Says which ONNX Runtime build `make serve` runs, and why, before it is installed.
+ort-choice:
+	@case '$(ORT)/$(ORT_BUILD)' in \
+	  auto/gpu) echo "onnxruntime: NVIDIA GPU found: serving with onnxruntime-gpu (CUDA) from $(GPU_VENV) ($(SERVE_GPU_LOCK); ORT=cpu for the CPU build)" ;; \
+	  auto/cpu) echo "onnxruntime: no NVIDIA GPU: serving with the CPU build from $(VENV) ($(SERVE_LOCK); ORT=gpu for onnxruntime-gpu)" ;; \
+	  gpu/gpu) echo "onnxruntime: ORT=gpu: serving with onnxruntime-gpu (CUDA) from $(GPU_VENV) ($(SERVE_GPU_LOCK))$(if $(NVIDIA_GPU),, although no NVIDIA GPU was found: it falls back to the CPU)" ;; \
+	  cpu/cpu) echo "onnxruntime: ORT=cpu: serving with the CPU build from $(VENV) ($(SERVE_LOCK))" ;; \
+	esac
 
 # The training lock, less PyPI torch's CUDA packages when the CPU build was chosen.
 $(TRAIN_STAMP): $(TRAIN_LOCK) $(PROJECT_FILES)
@@ -188,8 +226,8 @@ model: ## Train and export mnist only if the repository holds no model at all
 	  echo "models found in $(MODEL_REPOSITORY):" $$(ls $(MODEL_REPOSITORY)/*/*/model.onnx); \
 	else $(MAKE) --no-print-directory train-export MODEL_NAME=mnist; fi
 
-serve: $(SERVE_STAMP) model ## Serve every model in model_repository on :8001 (metrics :8002); HOST, PORT, METRICS_PORT, WORKERS
-	exec $(SERVE_PY) -m mnist_serving_server --model-repository $(MODEL_REPOSITORY) \
+serve: ort-choice $(SERVE_ENV_STAMP) model ## Serve every model in model_repository on :8001 (metrics :8002); HOST, PORT, METRICS_PORT, WORKERS, ORT=auto|cpu|gpu
+	exec $(SERVE_ENV_PY) -m mnist_serving_server --model-repository $(MODEL_REPOSITORY) \
 	  --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) --workers $(WORKERS)
 
 lint: $(VENV_STAMP) ## ruff (lint + format check), mypy, and the import layers (import-linter)
@@ -219,5 +257,5 @@ test-interop: $(VENV_STAMP) system-deps
 test: lint test-python test-interop $(EXTRA_TEST_TARGETS) ## Lint and run every test (what CI runs)
 
 clean: ## Remove .venv, .venv-train, caches and build outputs (keeps model_repository)
-	rm -rf $(VENV) $(TRAIN_VENV) $(LOCK_VENV) build dist *.egg-info client/build client/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GPU_VENV) $(TRAIN_VENV) $(LOCK_VENV) build dist *.egg-info client/build client/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

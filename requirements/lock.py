@@ -5,6 +5,11 @@
     python requirements/lock.py check                     exit 1 naming each stale lock
     python requirements/lock.py export NAME --torch cpu   NAME's lock less PyPI torch's CUDA part
 
+`serve-gpu` is `serve` with onnxruntime-gpu (and the CUDA and cuDNN runtime wheels of its
+`cuda` and `cudnn` extras) in place of onnxruntime: the two install the same `onnxruntime`
+package, so the lock leaves the project's onnxruntime requirement out (`drops`: uv gets it
+as an override whose marker is never true) and takes onnxruntime-gpu from serve-gpu.in.
+
 Each lock holds exact versions with the hashes of every file of them, for every platform
 (`uv pip compile --universal`), so one lock serves Linux, macOS and the images. Its first
 line is the digest of what it was made from (the requirement lists in pyproject.toml and
@@ -21,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,7 @@ DIGEST_PREFIX = "# inputs-sha256: "
 TORCH_PACKAGES = ("torch", "torchvision")
 CUDA_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
 REQUIREMENT_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
+NEVER = "sys_platform == 'never'"
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class Lock:
     sources: tuple[str, ...]
     extras: tuple[str, ...] = ()
     follows: str | None = None
+    drops: tuple[str, ...] = ()
+    """Requirements of the sources this lock leaves out (replaced by one of its .in files)."""
 
     @property
     def path(self) -> Path:
@@ -67,6 +76,14 @@ LOCKS = (
     ),
     Lock("train", ".venv-train (make train-export)", (*PROJECTS, BUILD_TOOLS), ("train",), "dev"),
     Lock("serve", ".venv (make serve), the images", (*PROJECTS, BUILD_TOOLS), (), "dev"),
+    Lock(
+        "serve-gpu",
+        ".venv-gpu (make serve where an NVIDIA GPU is, or ORT=gpu), the GPU image",
+        (*PROJECTS, BUILD_TOOLS, "requirements/serve-gpu.in"),
+        (),
+        "serve",
+        drops=("onnxruntime",),
+    ),
     Lock("deploy", ".venv-deploy (make test-deploy)", ("requirements/deploy.in", BUILD_TOOLS)),
     Lock("lock-tools", ".venv-lock (make lock)", ("requirements/lock-tools.in", BUILD_TOOLS)),
 )
@@ -100,12 +117,18 @@ def direct_requirements(lock: Lock) -> list[str]:
             found += project_requirements(source, lock.extras)
         else:
             found += requirement_lines(ROOT / source)
-    return found
+    return [line for line in found if requirement_name(line) not in lock.drops]
+
+
+def requirement_name(line: str) -> str:
+    match = REQUIREMENT_NAME.match(line.strip())
+    return canonical(match.group(1)) if match else ""
 
 
 def inputs_digest(lock: Lock) -> str:
     digest = hashlib.sha256()
     parts = [f"lock {lock.name} python {PYTHON_VERSION} extras {lock.extras}"]
+    parts += [f"drops {name}" for name in lock.drops]
     parts += [*lock.sources, *direct_requirements(lock)]
     parts += [f"pin {line}" for line in requirement_lines(ROOT / PINS)]
     if lock.follows:
@@ -126,16 +149,41 @@ def compile_locks(uv_options: list[str]) -> None:
             command += ["--constraint", str(LOCKS_BY_NAME[lock.follows].path.relative_to(ROOT))]
         command += ["--generate-hashes", "--universal", "--python-version", PYTHON_VERSION]
         command += ["--custom-compile-command", "make lock", "--output-file", str(lock.path)]
-        subprocess.run([*command, *uv_options], cwd=ROOT, check=True)
-        body = [
-            line
-            for line in lock.path.read_text().splitlines()
-            if not line.startswith(DIGEST_PREFIX)
-        ]
+        with tempfile.TemporaryDirectory() as scratch:
+            if lock.drops:
+                # A requirement overridden with a marker that is never true is left out.
+                overrides = Path(scratch) / "drops.txt"
+                overrides.write_text("".join(f"{name} ; {NEVER}\n" for name in lock.drops))
+                command += ["--overrides", str(overrides)]
+            subprocess.run([*command, *uv_options], cwd=ROOT, check=True)
+        text = without_drops(lock.path.read_text(), lock.drops)
+        body = [line for line in text.splitlines() if not line.startswith(DIGEST_PREFIX)]
         header = [f"{DIGEST_PREFIX}{inputs_digest(lock)}", f"# environment: {lock.environment}"]
         body = [line for line in body if not line.startswith("# environment: ")]
         lock.path.write_text("\n".join([*header, *body]) + "\n")
         print(f"{lock.path.relative_to(ROOT)}: {len(pinned_versions(lock.path))} packages")
+
+
+def without_drops(text: str, drops: tuple[str, ...]) -> str:
+    """uv's lock less what the never-true override left in it: the dropped packages' entries
+    (kept with the marker), the marker where it was or-ed into another's, the override's
+    temporary path."""
+    if not drops:
+        return text
+    kept: list[str] = []
+    dropping = False
+    for line in text.splitlines():
+        match = REQUIREMENT_NAME.match(line)
+        if match:
+            dropping = canonical(match.group(1)) in drops
+        if dropping:
+            continue
+        if line.strip().startswith("#   --override"):
+            line = f"{line.split('--override')[0]}--override (lock.py: drops {', '.join(drops)})"
+        if "--overrides" in line:
+            line = re.sub(r" --overrides \S+", "", line)
+        kept.append(line.replace(f" or {NEVER}", "").replace(f"{NEVER} or ", ""))
+    return "\n".join(kept) + "\n"
 
 
 def pinned_versions(path: Path) -> dict[str, list[str]]:

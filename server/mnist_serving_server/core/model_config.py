@@ -3,14 +3,17 @@ server's flags, with the ONNX graph filling in what neither says (Triton's auto-
 
 `config.pbtxt` is optional. What it may set: `name` (must match the folder), `platform` /
 `backend` (ONNX Runtime only), `max_batch_size`, `input` / `output` (checked against the
-graph at load), `version_policy` (latest N, all, specific) and
-`dynamic_batching { max_queue_delay_microseconds }`. Absent, a model gets the server's
-flags and the default policy, the latest version.
+graph at load), `version_policy` (latest N, all, specific),
+`dynamic_batching { max_queue_delay_microseconds }` and the CUDA provider's options as
+Triton's ONNX Runtime backend reads them, `parameters { key: "cudnn_conv_algo_search"
+value: { string_value: "1" } }` (CUDA_OPTIONS: also gpu_mem_limit, arena_extend_strategy,
+do_copy_in_default_stream, cudnn_conv_use_max_workspace, device_id). Absent, a model gets
+the server's flags and the default policy, the latest version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -31,6 +34,40 @@ MICROSECONDS_PER_SECOND: Final = 1_000_000
 _TYPE_PREFIX: Final = "TYPE_"
 _TRITON_STRING: Final = "TYPE_STRING"
 _V2_BYTES: Final = "BYTES"
+
+
+def _non_negative_int(value: str) -> str | None:
+    return str(int(value)) if value.isdigit() else None
+
+
+def _positive_int(value: str) -> str | None:
+    return str(int(value)) if value.isdigit() and int(value) > 0 else None
+
+
+def _one_of(names: Mapping[str, str]) -> Callable[[str], str | None]:
+    """Triton's integer values ("1") or ONNX Runtime's names ("HEURISTIC") -> the name."""
+    by_value = {**{name.lower(): name for name in names.values()}, **names}
+    return lambda value: by_value.get(value.strip().lower(), by_value.get(value.strip()))
+
+
+_FLAG = _one_of({"0": "0", "1": "1", "false": "0", "true": "1"})
+CUDA_OPTIONS: Final[Mapping[str, tuple[Callable[[str], str | None], str]]] = {
+    "cudnn_conv_algo_search": (
+        _one_of({"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}),
+        "0/EXHAUSTIVE, 1/HEURISTIC or 2/DEFAULT",
+    ),
+    "gpu_mem_limit": (_positive_int, "a number of bytes >= 1"),
+    "arena_extend_strategy": (
+        _one_of({"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}),
+        "0/kNextPowerOfTwo or 1/kSameAsRequested",
+    ),
+    "do_copy_in_default_stream": (_FLAG, "0 or 1"),
+    "cudnn_conv_use_max_workspace": (_FLAG, "0 or 1"),
+    "device_id": (_non_negative_int, "a GPU index >= 0"),
+}
+"""config.pbtxt `parameters` that go to ONNX Runtime's CUDA provider: name -> (the value
+as ONNX Runtime takes it, None when invalid; what is valid). Other parameters are ignored,
+as before (Triton's backends read their own)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +120,13 @@ class ModelConfig:
     outputs: tuple[TensorConfig, ...] | None = None
     from_file: bool = False
     """A config.pbtxt exists (else everything is the server's defaults and the graph)."""
+    cuda_options: tuple[tuple[str, str], ...] = ()
+    """CUDA provider options from `parameters` (CUDA_OPTIONS), as ONNX Runtime takes them,
+    sorted by name; applied when the model runs on CUDA."""
+
+    @property
+    def cuda_provider_options(self) -> dict[str, str]:
+        return dict(self.cuda_options)
 
 
 def triton_type_name(datatype: str) -> str:
@@ -157,7 +201,24 @@ def _from_message(
         inputs=_tensors(message.input) if len(message.input) else None,
         outputs=_tensors(message.output) if len(message.output) else None,
         from_file=True,
+        cuda_options=_cuda_options(message, path),
     )
+
+
+def _cuda_options(message: model_config_pb2.ModelConfig, path: Path) -> tuple[tuple[str, str], ...]:
+    options = []
+    for key in sorted(message.parameters):
+        if key not in CUDA_OPTIONS:
+            continue
+        parse, valid = CUDA_OPTIONS[key]
+        raw = message.parameters[key].string_value
+        value = parse(raw)
+        if value is None:
+            raise ModelLoadError(
+                f"{path}: parameters {key!r} is {raw!r}; the CUDA provider takes {valid}"
+            )
+        options.append((key, value))
+    return tuple(options)
 
 
 def _version_policy(message: model_config_pb2.ModelConfig, path: Path) -> VersionPolicy:

@@ -2,15 +2,27 @@
 
 This is the only module that imports onnxruntime. Input and output names, dtypes and
 shapes are read from the model, so the servicers describe whatever the artifact holds.
+
+Provider: `cpu`, `cuda` or `auto` (CUDA where this onnxruntime build has it AND the NVIDIA
+driver sees a GPU, else the CPU with one warning per process when the build is
+onnxruntime-gpu). `cuda` without a usable GPU refuses to load, saying what to do.
+
+On CUDA, every batch is padded to one of a few fixed sizes (powers of two up to the model's
+max batch size, and that size: `batch_buckets`), each run once at load (`warm_up`): ONNX
+Runtime's CUDA provider tunes cuDNN per input shape (an exhaustive search by default), so a
+dynamic batcher would otherwise stall the first batch of every new size.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
+import sys
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -41,6 +53,13 @@ DYNAMIC_DIM = -1
 WARM_UP_DYNAMIC_SIZE = 1
 # Read the model file in 1 MiB pieces when hashing it, so memory stays flat.
 HASH_CHUNK_BYTES = 1 << 20
+# The NVIDIA driver's library: it answers whether a GPU is usable here (Linux).
+CUDA_DRIVER_LIBRARY = "libcuda.so.1"
+CUDA_SUCCESS = 0
+WHAT_TO_DO_WITHOUT_GPU = (
+    "run on a machine with an NVIDIA GPU and its driver, or start with --provider auto "
+    "(falls back to the CPU) or --provider cpu; `make serve ORT=cpu` installs the CPU build"
+)
 
 # ONNX Runtime's element type strings -> (KServe V2 datatype, numpy dtype).
 _ORT_TYPES: dict[str, tuple[str, np.dtype[Any]]] = {
@@ -84,6 +103,8 @@ class ModelInfo:
     labels: tuple[str, ...]
     """Class names from the "labels" metadata, () when the model has none."""
     metadata: Mapping[str, str]  # all metadata_props
+    provider_options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """The options of the provider in use as ONNX Runtime reports them ({} on the CPU)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -100,6 +121,127 @@ def available_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
+def cuda_device_problem() -> str | None:
+    """Why no CUDA device can be used here, asked of the NVIDIA driver; None when one can.
+
+    onnxruntime-gpu lists CUDAExecutionProvider whether or not a GPU exists, then fails
+    (or silently falls back to the CPU) at session creation. Off Linux: None (ONNX Runtime
+    decides).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        driver = ctypes.CDLL(CUDA_DRIVER_LIBRARY)
+    except OSError as exc:
+        return f"no NVIDIA driver ({exc})"
+    status = driver.cuInit(0)
+    if status != CUDA_SUCCESS:
+        return f"the NVIDIA driver found no usable GPU (cuInit error {status})"
+    count = ctypes.c_int(0)
+    status = driver.cuDeviceGetCount(ctypes.byref(count))
+    if status != CUDA_SUCCESS or count.value < 1:
+        return "the NVIDIA driver sees no GPU"
+    return None
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """Which provider the sessions of this process ask for, and why not CUDA."""
+
+    cuda: bool
+    problem: str | None = None
+    """Why CUDA is not used although this build has it (None: no such build, or CUDA)."""
+
+
+_choice_lock = threading.Lock()
+_choices: dict[str, ProviderChoice] = {}
+
+
+def choose_provider(requested: str) -> ProviderChoice:
+    """CUDA or the CPU for `requested` (auto, cpu, cuda), decided once per process.
+
+    auto with onnxruntime-gpu but no usable GPU logs one warning (not one per model);
+    cuda without CUDA raises ModelLoadError saying what to do.
+    """
+    with _choice_lock:
+        if requested not in _choices:
+            _choices[requested] = _choose_provider(requested)
+        choice = _choices[requested]
+    if requested == "cuda" and not choice.cuda:
+        raise ModelLoadError(
+            f"provider 'cuda' requested but {choice.problem}; {WHAT_TO_DO_WITHOUT_GPU}"
+        )
+    return choice
+
+
+def _choose_provider(requested: str) -> ProviderChoice:
+    if requested == "cpu":
+        return ProviderChoice(cuda=False)
+    available = available_providers()
+    if CUDA_PROVIDER not in available:
+        problem = (
+            f"this onnxruntime build has no {CUDA_PROVIDER} (available: {', '.join(available)}); "
+            "install onnxruntime-gpu (`make serve ORT=gpu`: requirements/serve-gpu.txt)"
+        )
+        return ProviderChoice(cuda=False, problem=problem)
+    device_problem = cuda_device_problem()
+    if device_problem is not None:
+        problem = f"onnxruntime-gpu is installed but {device_problem}"
+        if requested == "auto":
+            logger.warning(
+                "%s; serving on %s (--provider cpu, or `make serve ORT=cpu`, installs and "
+                "runs the CPU build without this warning)",
+                problem,
+                CPU_PROVIDER,
+            )
+        return ProviderChoice(cuda=False, problem=problem)
+    _preload_cuda_libraries()
+    return ProviderChoice(cuda=True)
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from NVIDIA's wheels (requirements/serve-gpu.txt installs them
+    as onnxruntime-gpu's `cuda` and `cudnn` extras) before the first CUDA session."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # the system's libraries may still do: ONNX Runtime tries them
+        logger.warning("onnxruntime.preload_dlls() failed (%s); trying the system's CUDA", exc)
+
+
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes run on CUDA: the powers of two below `max_batch_size`, and it.
+
+    e.g. 64 -> (1, 2, 4, 8, 16, 32, 64); 48 -> (1, 2, 4, 8, 16, 32, 48). Any batch is padded
+    to the smallest that holds it, so at most twice the rows run, and every shape the CUDA
+    provider ever sees was tuned at load.
+    """
+    top = max(1, max_batch_size)
+    sizes = []
+    size = 1
+    while size < top:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, top)
+
+
+def padded_size(batch_size: int, buckets: tuple[int, ...]) -> int:
+    """The bucket a batch of `batch_size` runs as (itself when larger than every bucket)."""
+    for bucket in buckets:
+        if bucket >= batch_size:
+            return bucket
+    return batch_size
+
+
+def warm_up_plan(provider: str, max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes run at load: every bucket on CUDA, else 1 and the largest batch."""
+    if provider == CUDA_PROVIDER:
+        return batch_buckets(max_batch_size)
+    return tuple(sorted({1, max(1, max_batch_size)}))
+
+
 def default_intra_op_threads() -> int:
     """The cores this process may run on (affinity and cgroup quota, unlike os.cpu_count)."""
     return available_cores()
@@ -108,11 +250,15 @@ def default_intra_op_threads() -> int:
 class ModelRuntime:
     """One loaded ONNX model. `run` is blocking: call it from a worker thread."""
 
-    def __init__(self, session: ort.InferenceSession, info: ModelInfo) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, info: ModelInfo, *, pad_to: tuple[int, ...] = ()
+    ) -> None:
         self._session = session
         self.info = info
         self.input_name = info.inputs[0].name
         self._output_names = [spec.name for spec in info.outputs]
+        self.pad_to = pad_to
+        """Batch sizes every batch is padded to (set by warm_up on CUDA); () = none."""
 
     @classmethod
     def load(
@@ -123,8 +269,12 @@ class ModelRuntime:
         version: str,
         provider: str = "auto",
         intra_op_threads: int = 0,
+        cuda_options: Mapping[str, str] | None = None,
     ) -> ModelRuntime:
-        """Load `path` (a model.onnx); raises ModelLoadError saying what is wrong."""
+        """Load `path` (a model.onnx); raises ModelLoadError saying what is wrong.
+
+        `cuda_options` (config.pbtxt's, core/model_config.py) go to the CUDA provider.
+        """
         if provider not in PROVIDER_CHOICES:
             raise ModelLoadError(
                 f"unknown execution provider {provider!r}; choose one of {PROVIDER_CHOICES}"
@@ -137,8 +287,9 @@ class ModelRuntime:
         sha256 = file_sha256(path)
         metadata = _read_metadata(path)
         disabled_optimizers = _disabled_optimizers(metadata)
-        session = _create_session(path, provider, threads, disabled_optimizers)
+        session = _create_session(path, provider, threads, disabled_optimizers, cuda_options)
         in_use = session.get_providers()[0]
+        provider_options = dict(session.get_provider_options().get(in_use, {}))
         inputs = tuple(_tensor_spec(arg, path) for arg in session.get_inputs())
         outputs = tuple(_tensor_spec(arg, path) for arg in session.get_outputs())
         if len(inputs) != 1:
@@ -157,31 +308,60 @@ class ModelRuntime:
             outputs=outputs,
             labels=_labels(metadata, path),
             metadata=MappingProxyType(dict(metadata)),
+            provider_options=MappingProxyType(provider_options if in_use != CPU_PROVIDER else {}),
         )
         logger.info(
-            "model loaded: name=%s version=%s path=%s sha256=%s provider=%s threads=%d",
+            "model loaded: name=%s version=%s path=%s sha256=%s provider=%s threads=%d%s",
             name,
             version,
             path,
             sha256,
             in_use,
             threads,
+            f" cuda_options={dict(cuda_options)}"
+            if cuda_options and in_use == CUDA_PROVIDER
+            else "",
         )
         return cls(session, info)
 
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one batch; the array goes to ONNX Runtime as is (no copy). All outputs by name."""
+        """Run one batch; all outputs by name. The array goes to ONNX Runtime as is (no
+        copy), unless `pad_to` asks for a larger batch: then zero rows are added and the
+        outputs cut back to the batch's rows."""
+        rows = pixels.shape[0] if pixels.ndim else 0
+        size = padded_size(rows, self.pad_to) if self.pad_to else rows
+        if size != rows:
+            padded = np.zeros((size, *pixels.shape[1:]), dtype=pixels.dtype)
+            padded[:rows] = pixels
+            pixels = padded
         results = self._session.run(self._output_names, {self.input_name: pixels})
+        if size != rows:
+            results = [
+                result[:rows] if result.ndim and result.shape[0] == size else result
+                for result in results
+            ]
         return dict(zip(self._output_names, results, strict=True))
 
-    def warm_up(self, max_batch_size: int) -> None:
-        """Run batch 1 and `max_batch_size` once, so the first real call pays no set-up cost."""
+    def warm_up(self, max_batch_size: int) -> tuple[int, ...]:
+        """Run each batch size of `warm_up_plan` once, so no caller pays a set-up cost; on
+        CUDA also pad every later batch to those sizes (`pad_to`). Returns the plan."""
+        plan = warm_up_plan(self.info.provider, max_batch_size)
+        if self.info.provider == CUDA_PROVIDER:
+            self.pad_to = plan
         spec = self.info.inputs[0]
         item_shape = tuple(
             WARM_UP_DYNAMIC_SIZE if dim == DYNAMIC_DIM else dim for dim in spec.shape[1:]
         )
-        for batch_size in sorted({1, max(1, max_batch_size)}):
+        for batch_size in plan:
             self.run(np.zeros((batch_size, *item_shape), dtype=spec.numpy_dtype))
+        if self.pad_to:
+            logger.info(
+                "model warmed: name=%s version=%s batches padded to %s",
+                self.info.name,
+                self.info.version,
+                list(plan),
+            )
+        return plan
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -219,17 +399,16 @@ def _session_options(threads: int) -> ort.SessionOptions:
 
 
 def _create_session(
-    path: Path, provider: str, threads: int, disabled_optimizers: list[str]
+    path: Path,
+    provider: str,
+    threads: int,
+    disabled_optimizers: list[str],
+    cuda_options: Mapping[str, str] | None = None,
 ) -> ort.InferenceSession:
-    available = available_providers()
-    if provider == "cuda" and CUDA_PROVIDER not in available:
-        raise ModelLoadError(
-            f"provider 'cuda' requested but this onnxruntime build has no {CUDA_PROVIDER} "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu with a matching "
-            "CUDA/cuDNN, or use provider 'cpu' or 'auto'"
-        )
-    want_cuda = provider == "cuda" or (provider == "auto" and CUDA_PROVIDER in available)
-    providers = [CUDA_PROVIDER, CPU_PROVIDER] if want_cuda else [CPU_PROVIDER]
+    want_cuda = choose_provider(provider).cuda
+    providers: list[str | tuple[str, dict[str, str]]] = [CPU_PROVIDER]
+    if want_cuda:
+        providers = [(CUDA_PROVIDER, dict(cuda_options or {})), CPU_PROVIDER]
     kwargs: dict[str, Any] = {}
     if disabled_optimizers:
         kwargs["disabled_optimizers"] = disabled_optimizers
@@ -245,7 +424,7 @@ def _create_session(
             raise ModelLoadError(
                 f"provider 'cuda' requested but {CUDA_PROVIDER} failed to initialise for "
                 f"{path} (CUDA or cuDNN libraries missing or no GPU visible); see the "
-                "onnxruntime warnings above, or use provider 'cpu' or 'auto'"
+                f"onnxruntime warnings above; {WHAT_TO_DO_WITHOUT_GPU}"
             )
         logger.warning("%s is available but did not initialise; running on CPU", CUDA_PROVIDER)
     return session

@@ -49,6 +49,12 @@ def model_config_record(config: ModelConfig, info: ModelInfo) -> Record:
             }
         ],
         "default_model_filename": MODEL_FILE_NAME,
+        # The CUDA provider's options from config.pbtxt, as ONNX Runtime takes them.
+        **(
+            {"parameters": {key: {"string_value": value} for key, value in config.cuda_options}}
+            if config.cuda_options
+            else {}
+        ),
     }
 
 

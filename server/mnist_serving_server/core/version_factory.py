@@ -3,7 +3,8 @@
 The registry decides which versions serve and when they swap (core/registry.py); a
 `VersionFactory` builds one version's parts. The default, `OnnxVersionFactory`, loads the
 ONNX Runtime session in a worker thread, checks the graph (core/graph_checks.py) and
-warms it up at the largest batch, all within the load timeout, then starts a
+warms it up (batch 1 and the largest; on CUDA every padded batch size,
+core/runtime.py), all within the load timeout, then starts a
 DynamicBatcher whose batches are counted in the version's statistics and forwarded to the
 observer (the metrics).
 """
@@ -118,6 +119,7 @@ class OnnxVersionFactory:
                     version=version,
                     provider=self._provider,
                     intra_op_threads=self._intra_op_threads,
+                    cuda_options=config.cuda_provider_options,
                 )
                 check_contract(runtime.info, config)
                 await asyncio.to_thread(runtime.warm_up, config.max_batch_size)
