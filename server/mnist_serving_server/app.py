@@ -312,6 +312,8 @@ class ServingApp:
         )
         # --workers N: this process is one of N; repository changes reach all of them.
         self._peers = None if group is None else PeerLink(group, self.models)
+        self._rejoining = group is not None and group.rejoining
+        self._models_loaded = False
         self.dataplane = DataPlane(
             self.models, control_mode=config.model_control_mode, replicas=self._peers
         )
@@ -369,6 +371,11 @@ class ServingApp:
         either way nothing it started is left running.
         """
         try:
+            if self._rejoining:
+                # A replacement worker: its siblings serve meanwhile, so it binds the shared
+                # ports only once warm, and no caller meets it warming up.
+                await self._start_peers()
+                await self._load_models()
             await self._start_serving()
         except BaseException:
             await self._close()
@@ -394,8 +401,7 @@ class ServingApp:
             self._telemetry = start_tracing(config.tracing, os.environ)
         except TelemetryConfigError as exc:
             raise ServerStartError(str(exc)) from None
-        if self._peers is not None:
-            await self._peers.start()
+        await self._start_peers()
         await self.health.start()
         grpc_front = await self._start_grpc()
         if config.http_port != HTTP_OFF:
@@ -411,6 +417,19 @@ class ServingApp:
             metrics_port=self.metrics_port,
             tracing=self._telemetry is not None,
         )
+
+    async def _start_peers(self) -> None:
+        if self._peers is not None and not self._peers.serving:
+            await self._peers.start()
+
+    async def _load_models(self) -> None:
+        """Every model of the repository, then (a replacement worker) its siblings' state."""
+        if self._models_loaded:
+            return
+        await self.models.load_all()
+        if self._peers is not None:
+            await self._peers.join()
+        self._models_loaded = True
 
     async def _start_grpc(self) -> GrpcFront | NativeFront:
         """Classify, KServe V2, health and reflection (--grpc-front)."""
@@ -460,7 +479,7 @@ class ServingApp:
         """Load and warm every model of the repository, then SERVING."""
         if self._warm_up_gate is not None:
             await self._warm_up_gate.wait()
-        await self.models.load_all()
+        await self._load_models()
         if self._stopping:
             return
         self.dataplane.set_ready(True)

@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from mnist_serving_server.core.errors import ModelNotFoundError, ServingError
-from mnist_serving_server.core.registry import IndexEntry, ModelRegistry
+from mnist_serving_server.core.registry import IndexEntry, ModelRegistry, ModelState
 from mnist_serving_server.core.replicas import StatisticsRecord
 from mnist_serving_server.core.triton_records import statistics_record
 from mnist_serving_server.peer_messages import (
@@ -72,6 +73,8 @@ class WorkerGroup:
     sockets: tuple[Path, ...]
     call_timeout_s: float
     """How long one peer call may take: a load includes the peer's model loading."""
+    rejoining: bool = False
+    """A replacement for a worker that died: it takes its siblings' models (`PeerLink.join`)."""
 
     @property
     def leader(self) -> bool:
@@ -91,6 +94,11 @@ class PeerLink:
         self._server: asyncio.Server | None = None
         # The leader applies one change at a time, so every worker sees the same order.
         self._change_lock = asyncio.Lock()
+        # A replacement follower applies the leader's changes only once it has joined their
+        # state (a replacement leader orders them with its change lock instead).
+        self._joined = asyncio.Event()
+        if group.leader or not group.rejoining:
+            self._joined.set()
 
     @property
     def group(self) -> WorkerGroup:
@@ -104,6 +112,10 @@ class PeerLink:
         self._server = await asyncio.start_unix_server(
             self._serve_peer, path=str(path), limit=LINE_LIMIT_BYTES
         )
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
 
     async def close(self) -> None:
         server, self._server = self._server, None
@@ -130,6 +142,31 @@ class PeerLink:
         replies = await self._ask_others(StatisticsRequest(name, version), StatisticsReply)
         return [list(reply.records) for reply in replies]
 
+    async def join(self) -> None:
+        """A replacement worker, its startup models loaded: serve the models its siblings
+        serve (by name; each loads the versions its folder holds, as a load call does).
+
+        Ordered with the changes: the leader holds its change lock meanwhile; a follower
+        reads the leader's index and applies the changes the leader sends it only after."""
+        if not self._group.rejoining or self._group.size == 1:
+            return
+        if self._group.leader:
+            async with self._change_lock:
+                await self._take_models_of(self._others()[0])
+        else:
+            await self._take_models_of(LEADER_INDEX)
+            self._joined.set()
+
+    async def _take_models_of(self, peer: int) -> None:
+        reply = await self._call(peer, IndexRequest(), IndexReply)
+        wanted = _serving_names(reply.entries)
+        serving = _serving_names(self._registry.index())
+        for name in sorted(serving - wanted):
+            await self._registry.unload(name)
+        for name in sorted(wanted - serving):
+            await self._registry.load(name)
+        logger.info("replacement worker joined its siblings", extra={"models": sorted(wanted)})
+
     # --- changes, ordered by the leader ----------------------------------------------------
 
     async def _change(self, operation: Operation, name: str) -> None:
@@ -149,6 +186,7 @@ class PeerLink:
                 raise outcome
 
     async def _apply_locally(self, request: ChangeRequest) -> ChangeDone:
+        await self._joined.wait()
         if request.operation is Operation.LOAD:
             await self._registry.load(request.name)
         elif request.operation is Operation.UNLOAD:
@@ -258,3 +296,7 @@ class PeerLink:
         except ModelNotFoundError:
             return StatisticsReply(())  # the caller's own lookup decides what is not found
         return StatisticsReply(tuple(statistics_record(version) for version in served))
+
+
+def _serving_names(entries: Iterable[IndexEntry]) -> set[str]:
+    return {entry.name for entry in entries if entry.state is ModelState.READY}

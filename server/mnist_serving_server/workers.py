@@ -22,19 +22,24 @@ server. With `--workers N` the parent:
 4. writes the ready file (with the shared port and its own pid) once every worker is warm;
 5. supervises. SIGTERM/SIGINT: forwarded to every worker (each drains as a single server
    does: NOT_SERVING, drain delay, grace period), waited for, then exit 0. A worker that
-   dies on its own: fail fast. The others get SIGTERM (so they answer NOT_SERVING at once
-   and drain) and the parent exits 1, for the supervisor (Kubernetes, systemd) to restart
-   the whole server. Half a server that reports SERVING on some connections and refuses
-   others would be harder to reason about than a restart.
+   dies on its own is replaced while the others keep serving (gunicorn's and uvicorn's
+   supervisors do the same): the replacement loads its models, takes its siblings'
+   repository state (`PeerLink.join`) and only then binds the shared ports, so no caller
+   meets it warming up. Restarts back off (RESTART_BACKOFF_S, doubling) and are limited:
+   a worker that dies more than RESTART_LIMIT times within RESTART_WINDOW_S is a crash
+   loop, and the server stops (the others drain) and exits 1 with that reason, for the
+   supervisor above (Kubernetes, systemd) to act on. `/metrics` shows
+   mnist_serving_worker_restarts_total and mnist_serving_workers{state}.
 
-Health is per worker, but every worker reports the same status: SERVING once warm,
-NOT_SERVING during shutdown, which the parent starts for all of them at once.
+Health is per worker: SERVING once warm, NOT_SERVING during shutdown, which the parent
+starts for all of them at once. A replacement answers only once warm (it binds then).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -50,7 +55,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
 
 from mnist_serving_server import event_loop
 from mnist_serving_server.app import STOP_SIGNALS, ServerStartError, serve, write_ready_file
@@ -78,6 +83,13 @@ WORKER_EXIT_START_FAILED = 1
 PEER_LOADS_PER_CALL = 2
 PEER_CALL_MARGIN_S = 30.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# A dead worker is replaced after RESTART_BACKOFF_S, doubled for each earlier death within
+# RESTART_WINDOW_S (up to RESTART_BACKOFF_MAX_S); a worker dying more than RESTART_LIMIT
+# times within the window is a crash loop that a restart cannot fix: the server stops.
+RESTART_BACKOFF_S: Final = 0.5
+RESTART_BACKOFF_MAX_S: Final = 8.0
+RESTART_WINDOW_S: Final = 60.0
+RESTART_LIMIT: Final = 5
 EXIT_OK = 0
 EXIT_WORKER_FAILED = 1
 
@@ -210,6 +222,83 @@ def run_workers(config: ServerConfig) -> int:
             signal.signal(signum, handler)
 
 
+class _Workers:
+    """The worker processes by index: started, replaced, counted (metrics), stopped."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        workdir: Path,
+        port: int,
+        http_port: int,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._config = config
+        self._workdir = workdir
+        self._port = port
+        self._http_port = http_port
+        self._context = multiprocessing.get_context(START_METHOD)
+        self.ready_files = [
+            workdir / f"worker-{index}.ready.json" for index in range(config.worker_count)
+        ]
+        self.processes: list[BaseProcess] = []
+        self._deaths: list[list[float]] = [[] for _ in range(config.worker_count)]
+        self._restarts = Counter(
+            "mnist_serving_worker_restarts_total",
+            "Worker processes replaced after they died (--workers N).",
+            registry=registry,
+        )
+        self._states = Gauge(
+            "mnist_serving_workers",
+            "Worker processes by state: serving (warm), starting, or down (waiting to restart).",
+            ["state"],
+            registry=registry,
+        )
+
+    def start_all(self) -> None:
+        self.processes = [self._process(index) for index in range(self._config.worker_count)]
+        for worker in self.processes:
+            worker.start()
+
+    def _process(self, index: int, *, rejoining: bool = False) -> BaseProcess:
+        group = worker_group(self._config, self._workdir, index)
+        worker = worker_config(
+            self._config,
+            port=self._port,
+            ready_file=self.ready_files[index],
+            http_port=self._http_port,
+        )
+        return self._context.Process(
+            target=_worker_main,
+            args=(worker, dataclasses.replace(group, rejoining=rejoining)),
+            name=f"mnist-serving-worker-{index}",
+        )
+
+    def on_death(self, index: int, now: float) -> float | None:
+        """When to replace worker `index`, which just died; None when it is a crash loop."""
+        deaths = [t for t in self._deaths[index] if now - t < RESTART_WINDOW_S] + [now]
+        self._deaths[index] = deaths
+        if len(deaths) > RESTART_LIMIT:
+            return None
+        backoff = min(RESTART_BACKOFF_S * (1 << (len(deaths) - 1)), RESTART_BACKOFF_MAX_S)
+        return now + backoff
+
+    def replace(self, index: int) -> BaseProcess:
+        with contextlib.suppress(FileNotFoundError):  # the dead worker's, if it was ready
+            self.ready_files[index].unlink()
+        worker = self.processes[index] = self._process(index, rejoining=True)
+        worker.start()
+        self._restarts.inc()
+        return worker
+
+    def update_states(self, down: int) -> None:
+        alive = [index for index, w in enumerate(self.processes) if w.exitcode is None]
+        serving = sum(1 for index in alive if _is_ready(self.ready_files[index]))
+        self._states.labels(state="serving").set(serving)
+        self._states.labels(state="starting").set(len(alive) - serving)
+        self._states.labels(state="down").set(down)
+
+
 def _run(
     config: ServerConfig, workdir: Path, port: int, stop: _StopFlag, http_port: int = HTTP_OFF
 ) -> int:
@@ -218,32 +307,24 @@ def _run(
     # Inherited by the spawned workers: their prometheus_client writes per-process files.
     previous_dir = os.environ.get(MULTIPROC_DIR_ENV)
     os.environ[MULTIPROC_DIR_ENV] = str(metrics_dir)
-    context = multiprocessing.get_context(START_METHOD)
-    ready_files = [workdir / f"worker-{index}.ready.json" for index in range(config.worker_count)]
-    workers: list[BaseProcess] = [
-        context.Process(
-            target=_worker_main,
-            args=(
-                worker_config(config, port=port, ready_file=ready_file, http_port=http_port),
-                worker_group(config, workdir, index),
-            ),
-            name=f"mnist-serving-worker-{index}",
-        )
-        for index, ready_file in enumerate(ready_files)
-    ]
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    workers = _Workers(config, workdir, port, http_port, registry)
     metrics_server: MetricsServer | None = None
     try:
-        for worker in workers:
-            worker.start()
+        workers.start_all()
         logger.info(
             "workers starting",
             extra=log_fields(
-                workers=config.worker_count, grpc_port=port, pids=[w.pid for w in workers]
+                workers=config.worker_count,
+                grpc_port=port,
+                pids=[w.pid for w in workers.processes],
             ),
         )
-        metrics_server = _start_metrics(config, metrics_dir)
-        if not _wait_ready(workers, ready_files, stop):
-            return _stop_all(workers, config, stop, EXIT_OK)
+        metrics_server = _start_metrics(config, registry)
+        if not _wait_ready(workers.processes, workers.ready_files, stop):
+            return _stop_all(workers.processes, config, stop, EXIT_OK)
+        workers.update_states(down=0)
         metrics_port = None if metrics_server is None else metrics_server.port
         if config.ready_file is not None:
             write_ready_file(
@@ -257,7 +338,7 @@ def _run(
         )
         return _supervise(workers, config, stop, metrics_dir)
     finally:
-        _stop_all(workers, config, stop, EXIT_OK)
+        _stop_all(workers.processes, config, stop, EXIT_OK)
         if metrics_server is not None:
             metrics_server.close()
         if config.ready_file is not None:
@@ -269,11 +350,9 @@ def _run(
             os.environ[MULTIPROC_DIR_ENV] = previous_dir
 
 
-def _start_metrics(config: ServerConfig, metrics_dir: Path) -> MetricsServer | None:
+def _start_metrics(config: ServerConfig, registry: CollectorRegistry) -> MetricsServer | None:
     if config.metrics_port == METRICS_OFF:
         return None
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     try:
         server = start_metrics_server(registry, config.metrics_host, config.metrics_port)
     except OSError as exc:
@@ -307,27 +386,40 @@ def _is_ready(path: Path) -> bool:
         return False
 
 
-def _supervise(
-    workers: list[BaseProcess], config: ServerConfig, stop: _StopFlag, metrics_dir: Path
-) -> int:
-    """Until a stop signal (-> stop all, 0) or a worker's death (-> stop the rest, 1)."""
-    sentinels = [worker.sentinel for worker in workers]
+def _supervise(workers: _Workers, config: ServerConfig, stop: _StopFlag, metrics_dir: Path) -> int:
+    """Until a stop signal (-> stop all, 0), replacing every worker that dies; a crash loop
+    (more than RESTART_LIMIT deaths of one worker within RESTART_WINDOW_S) stops all, 1."""
+    due: dict[int, float] = {}  # dead worker index -> when to start its replacement
     while not stop.event.is_set():
-        ended = wait_for_sentinels(sentinels, timeout=SUPERVISE_POLL_S)
-        if ended:
+        now = time.monotonic()
+        for index in [index for index, at in due.items() if at <= now]:
+            del due[index]
+            worker = workers.replace(index)
+            logger.warning("worker replaced", extra=log_fields(worker=worker.name, pid=worker.pid))
+        workers.update_states(down=len(due))
+        live = {w.sentinel: i for i, w in enumerate(workers.processes) if i not in due}
+        wait_s = min([SUPERVISE_POLL_S, *(at - now for at in due.values())])
+        ended = wait_for_sentinels(list(live), timeout=max(wait_s, 0.0))
+        for sentinel in ended:
+            index = live[sentinel]  # type: ignore[index]
+            worker = workers.processes[index]
             # A sentinel is ready as the process closes its descriptors, a moment before
             # its exit status exists: join to read it.
-            dead = [worker for worker in workers if worker.sentinel in ended]
-            for worker in dead:
-                worker.join(KILL_WAIT_S)
+            worker.join(KILL_WAIT_S)
+            _mark_dead(worker, metrics_dir)
+            restart_at = workers.on_death(index, time.monotonic())
+            fields = log_fields(worker=worker.name, pid=worker.pid, code=worker.exitcode)
+            if restart_at is None:
                 logger.error(
-                    "worker died; stopping all workers (NOT_SERVING) so the server restarts",
-                    extra=log_fields(worker=worker.name, pid=worker.pid, code=worker.exitcode),
+                    f"worker died {RESTART_LIMIT + 1} times within {RESTART_WINDOW_S:.0f} s "
+                    "(a crash loop; its error is in the log above): stopping the server",
+                    extra=fields,
                 )
-                _mark_dead(worker, metrics_dir)
-            return _stop_all(workers, config, stop, EXIT_WORKER_FAILED)
+                return _stop_all(workers.processes, config, stop, EXIT_WORKER_FAILED)
+            logger.error("worker died; replacing it while the others serve", extra=fields)
+            due[index] = restart_at
     logger.info("stop signal received; stopping workers", extra=log_fields(signal=stop.signum))
-    return _stop_all(workers, config, stop, EXIT_OK)
+    return _stop_all(workers.processes, config, stop, EXIT_OK)
 
 
 def _stop_all(workers: list[BaseProcess], config: ServerConfig, stop: _StopFlag, code: int) -> int:
