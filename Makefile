@@ -124,6 +124,12 @@ $(GPU_STAMP): $(SERVE_GPU_LOCK) $(PROJECT_FILES)
 	$(GPU_PY) $(PIP_INSTALL_OURS) .
 	@touch $@
 
+# The real onnxruntime-gpu build, installed into $(GPU_VENV) and started here: on a machine
+# without a GPU it must serve on the CPU with one warning (tests/e2e/gpu_build). Not part of
+# `make test`: it downloads ~0.9 GB of wheels into a 2.6 GB environment.
+test-gpu-build: $(GPU_STAMP) $(VENV_STAMP) ## Install onnxruntime-gpu into .venv-gpu and check it serves here (CPU fallback without a GPU)
+	MNIST_SERVING_GPU_PYTHON=$(abspath $(GPU_PY)) $(PY) -m pytest $(PYTEST_ARGS) tests/e2e/gpu_build
+
 # Says which ONNX Runtime build `make serve` runs, and why, before it is installed.
 ort-choice:
 	@case '$(ORT)/$(ORT_BUILD)' in \

@@ -125,3 +125,71 @@ def test_every_debian_package_line_names_a_known_group() -> None:
     packages = [package for package, _ in entries]
     assert len(packages) == len(set(packages))
     assert all(package[0].isalnum() for package in packages)
+
+
+def test_the_gpu_lock_is_the_serving_lock_with_onnxruntime_gpu(lock_module: ModuleType) -> None:
+    """requirements/serve-gpu.txt (`make serve` where an NVIDIA GPU is): onnxruntime-gpu
+    1.31.x, the CUDA 13 build, with its CUDA and cuDNN runtime wheels, and NOT onnxruntime,
+    which installs the same package; every other package at the serving lock's version."""
+    gpu = lock_module.pinned_versions(lock_module.LOCKS_BY_NAME["serve-gpu"].path)
+    serve = lock_module.pinned_versions(lock_module.LOCKS_BY_NAME["serve"].path)
+    assert "onnxruntime" not in gpu
+    (version,) = gpu["onnxruntime-gpu"]
+    assert version.startswith("1.31.")
+    assert {"nvidia-cuda-runtime", "nvidia-cudnn-cu13", "nvidia-cublas"} <= set(gpu)
+    assert not any("cu12" in name for name in gpu)
+    cuda_wheels = {name for name in gpu if lock_module.CUDA_ONLY.match(name)}
+    assert set(gpu) - cuda_wheels - {"onnxruntime-gpu"} == set(serve) - {"onnxruntime"}
+    assert all(gpu[name] == serve[name] for name in set(serve) - {"onnxruntime"})
+    text = lock_module.LOCKS_BY_NAME["serve-gpu"].path.read_text()
+    assert "never" not in text  # the drop left nothing behind
+    assert "/tmp" not in text
+    assert "--hash=sha256:" in text
+
+
+def test_the_gpu_lock_goes_stale_with_the_serving_lock_or_its_in_file(
+    copied_tree: Path, lock_module: ModuleType
+) -> None:
+    gpu = lock_module.LOCKS_BY_NAME["serve-gpu"]
+    assert lock_module.stale_reasons(gpu) == []
+    serve = copied_tree / "requirements" / "serve.txt"
+    text, edits = re.subn(r"\norjson==[^ ]+", "\norjson==3.10.1", serve.read_text(), count=1)
+    assert edits == 1
+    serve.write_text(text)
+    assert lock_module.stale_reasons(gpu) == ["its sources changed since it was made"]
+    serve.write_text(text.replace("\norjson==3.10.1", "\norjson==3.13.0"))
+    gpu_in = copied_tree / "requirements" / "serve-gpu.in"
+    gpu_in.write_text(gpu_in.read_text().replace(">=1.31,<1.32", ">=1.32"))
+    assert lock_module.stale_reasons(gpu) == [
+        "its sources changed since it was made",
+        "onnxruntime-gpu==['1.31.1'] is outside >=1.32",
+    ]
+
+
+def test_dropping_a_requirement_removes_what_uv_kept_of_it(lock_module: ModuleType) -> None:
+    uv_wrote = "\n".join(
+        [
+            "#    make lock",
+            "flatbuffers==25.12.19 ; sys_platform == 'linux' or sys_platform == 'never' \\",
+            "    --hash=sha256:aa",
+            "    # via",
+            "    #   onnxruntime",
+            "onnxruntime==1.32.0 ; sys_platform == 'never' \\",
+            "    --hash=sha256:bb",
+            "    # via",
+            "    #   --override /tmp/tmpabc/drops.txt",
+            "    #   mnist-serving (pyproject.toml)",
+            "onnxruntime-gpu==1.31.1 ; sys_platform == 'linux' \\",
+            "    --hash=sha256:cc",
+        ]
+    )
+    assert lock_module.without_drops(uv_wrote, ("onnxruntime",)).splitlines() == [
+        "#    make lock",
+        "flatbuffers==25.12.19 ; sys_platform == 'linux' \\",
+        "    --hash=sha256:aa",
+        "    # via",
+        "    #   onnxruntime",
+        "onnxruntime-gpu==1.31.1 ; sys_platform == 'linux' \\",
+        "    --hash=sha256:cc",
+    ]
+    assert lock_module.without_drops(uv_wrote, ()) == uv_wrote
