@@ -21,8 +21,8 @@ DOCKER_PYTHON_VERSION ?= 3.11
 DOCKER_GLIBC_MINOR ?= 36
 DOCKER_IMAGE_BUDGET_MB ?= 400
 # GPU: Dockerfile.gpu's CUDA base (Ubuntu 24.04: python3 3.12, glibc 2.39).
-CUDA_IMAGE ?= nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
-ONNXRUNTIME_GPU_VERSION ?= 1.31.1
+# CUDA and cuDNN come from requirements/serve-gpu.txt's NVIDIA wheels: the base needs neither.
+CUDA_IMAGE ?= nvidia/cuda:13.0.0-base-ubuntu24.04
 DOCKER_SOURCES := pyproject.toml client/pyproject.toml $(shell find server client -name '*.py' -not -path '*/build/*' 2>/dev/null)
 DOCKER_TEST_ENV := MNIST_SERVING_DOCKER_IMAGE=$(IMAGE):latest
 
@@ -50,9 +50,10 @@ $(DOCKER_BUILD_DIR)/wheelhouse-cpu/.built: $(DOCKER_SOURCES) $(SERVE_LOCK) deplo
 	  $(@D) $(DOCKER_PYTHON_VERSION) $(DOCKER_GLIBC_MINOR) 2>&1 | grep -v "is ignored: it is neither"
 	@touch $@
 
-$(DOCKER_BUILD_DIR)/wheelhouse-gpu/.built: $(DOCKER_SOURCES) $(SERVE_LOCK) deploy/docker/build_wheelhouse.sh
-	PYTHON=$(PY) LOCK=$(SERVE_LOCK) deploy/docker/build_wheelhouse.sh $(@D) 3.12 39 \
-	  onnxruntime-gpu==$(ONNXRUNTIME_GPU_VERSION) 2>&1 | grep -v "is ignored: it is neither"
+# The GPU image installs the GPU lock (requirements/serve-gpu.txt), as .venv-gpu does.
+$(DOCKER_BUILD_DIR)/wheelhouse-gpu/.built: $(DOCKER_SOURCES) $(SERVE_GPU_LOCK) deploy/docker/build_wheelhouse.sh
+	PYTHON=$(PY) LOCK=$(SERVE_GPU_LOCK) deploy/docker/build_wheelhouse.sh $(@D) 3.12 39 \
+	  2>&1 | grep -v "is ignored: it is neither"
 	@touch $@
 
 docker-wheelhouse: $(DOCKER_BUILD_DIR)/wheelhouse-cpu/.built ## Wheels of the server, client and deps for the image (pip on the host)
@@ -75,7 +76,6 @@ docker-gpu: model $(DOCKER_BUILD_DIR)/wheelhouse-gpu/.built ## Build the GPU ima
 	@$(DOCKER) image inspect $(CUDA_IMAGE) >/dev/null 2>&1 || timeout 600 $(DOCKER) pull --quiet $(CUDA_IMAGE) >/dev/null \
 	  || { echo "docker-gpu: the base $(CUDA_IMAGE) is neither present nor pullable (CUDA_IMAGE=...)"; exit 1; }
 	$(DOCKER_BUILD) -f deploy/docker/Dockerfile.gpu --build-arg CUDA_IMAGE=$(CUDA_IMAGE) \
-	  --build-arg ONNXRUNTIME_GPU_VERSION=$(ONNXRUNTIME_GPU_VERSION) \
 	  --build-arg MODEL_REPOSITORY=$(MODEL_REPOSITORY) \
 	  -t $(IMAGE):latest-gpu -t $(IMAGE):$(IMAGE_TAG)-gpu .
 

@@ -5,11 +5,11 @@
 #
 #   deploy/docker/build_wheelhouse.sh OUT_DIR PYTHON_VERSION GLIBC_MINOR [EXTRA_REQUIREMENT...]
 #   e.g. build_wheelhouse.sh build/docker/wheelhouse-cpu 3.11 36          (Debian bookworm)
-#        build_wheelhouse.sh build/docker/wheelhouse-gpu 3.12 39 onnxruntime-gpu==1.31.1
+#        LOCK=requirements/serve-gpu.txt build_wheelhouse.sh build/docker/wheelhouse-gpu 3.12 39
 #
 # Variables: PYTHON (the host Python whose pip runs; default python3), LOCK (the serving
-# lock, requirements/serve.txt: its exact files, hash-checked). The extra requirements (the
-# GPU image's onnxruntime-gpu) come without their dependencies, which the lock already holds.
+# lock, requirements/serve.txt, or serve-gpu.txt for the GPU image: its exact files,
+# hash-checked). Extra requirements, if any, come without their dependencies.
 set -euo pipefail
 
 out=${1:?usage: build_wheelhouse.sh OUT_DIR PYTHON_VERSION GLIBC_MINOR [REQUIREMENT...]}

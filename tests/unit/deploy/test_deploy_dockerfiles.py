@@ -102,11 +102,16 @@ def test_images_install_the_server_from_the_wheelhouse_only(dockerfile: Path) ->
     assert f"{WHEELHOUSE_ARG}/ /wheelhouse/" in copies
 
 
-def test_gpu_image_swaps_in_onnxruntime_gpu_and_selects_cuda() -> None:
+def test_gpu_image_installs_the_gpu_lock_and_selects_cuda() -> None:
+    """The GPU image installs requirements/serve-gpu.txt as .venv-gpu does (onnxruntime-gpu
+    in place of onnxruntime, hash-checked), not a version of its own."""
     text = (REPO_ROOT / "deploy" / "docker" / "Dockerfile.gpu").read_text(encoding="utf-8")
-    assert "pip uninstall -y onnxruntime" in text
-    assert "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" in text
+    assert "COPY requirements/serve-gpu.txt /tmp/serve-gpu.txt" in text
+    assert "--require-hashes --no-deps -r /tmp/serve-gpu.txt" in text
+    assert "onnxruntime-gpu==" not in text
     assert "MNIST_SERVING_PROVIDER=cuda" in text
+    wheelhouse = (REPO_ROOT / "mk" / "docker.mk").read_text(encoding="utf-8")
+    assert "LOCK=$(SERVE_GPU_LOCK) deploy/docker/build_wheelhouse.sh" in wheelhouse
 
 
 def test_dockerignore_lets_in_everything_the_images_copy() -> None:
