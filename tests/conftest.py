@@ -49,6 +49,31 @@ def load_script(name: str, path: Path) -> ModuleType:
     return module
 
 
+GRPC_FRONTS = ("native", "grpcio")
+BOTH_FRONTS_MARKER = "both_grpc_fronts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{BOTH_FRONTS_MARKER}: run each test that uses `grpc_front` once per gRPC front",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked both_grpc_fronts run on the native front and on grpcio's."""
+    marked = metafunc.definition.get_closest_marker(BOTH_FRONTS_MARKER) is not None
+    if marked and "grpc_front" in metafunc.fixturenames:
+        metafunc.parametrize("grpc_front", GRPC_FRONTS, indirect=True)
+
+
+@pytest.fixture
+def grpc_front(request: pytest.FixtureRequest) -> str:
+    """The --grpc-front a test's server runs: "native" unless the test is marked
+    both_grpc_fronts (the error, stream and drain suites), then "native" and "grpcio"."""
+    return str(getattr(request, "param", "native"))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by the folder it lives in (tests/unit -> @pytest.mark.unit, ...)."""
     for item in items:

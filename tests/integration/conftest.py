@@ -61,8 +61,11 @@ class StartApp(Protocol):
 
 
 @pytest.fixture
-async def start_app(model_repository: Path) -> AsyncIterator[StartApp]:
-    """Start servers with custom settings; every one is stopped when the test ends."""
+async def start_app(model_repository: Path, grpc_front: str) -> AsyncIterator[StartApp]:
+    """Start servers with custom settings; every one is stopped when the test ends.
+
+    They serve gRPC with the `grpc_front` fixture's front unless a test names another.
+    """
     apps: list[ServingApp] = []
     gates: list[asyncio.Event] = []
 
@@ -72,6 +75,7 @@ async def start_app(model_repository: Path) -> AsyncIterator[StartApp]:
         if warm_up_gate is not None:
             gates.append(warm_up_gate)
         repository = overrides.pop("model_repository", model_repository)
+        overrides.setdefault("grpc_front", grpc_front)
         app = ServingApp(app_config(repository, **overrides), warm_up_gate=warm_up_gate)
         # Kept before starting: a failed warm-up raises from start() with the server up.
         apps.append(app)

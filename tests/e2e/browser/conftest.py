@@ -2,13 +2,12 @@
 
 - `page_repository`: the shipped reference model and its companion features model
   (model_repository/mnist/1 and mnist_features/1), copied;
-- `page_server`: a real `ServingApp` with its HTTP front on 127.0.0.1, run on an event loop
-  of its own thread (Selenium's calls block; the server must keep serving meanwhile). Where
-  the server has no HTTP front yet (`ServerConfig` without `http_port`), a test-only stub
-  (v2_stub.py) answers the page's endpoints from ONNX Runtime sessions of the same models,
-  and `http_inferences` is None: the /metrics assertion needs the real server;
+- `page_server`: the real `ServingApp` with its HTTP front on 127.0.0.1, run on an event
+  loop of its own thread (Selenium's calls block; the server must keep serving meanwhile).
+  There is no stand-in: what the page is tested against is what `make serve` runs;
 - `browser`: Debian's chromium and chromedriver, paths given explicitly (Selenium Manager
-  never runs, nothing is downloaded), console messages collected.
+  never runs, nothing is downloaded), console messages collected. Without them the page
+  tests skip on a developer's machine and fail under CI=true (tests/requirements_support.py).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -25,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.browser.v2_stub import serve_stub
 from tests.requirements_support import require_path
+from tests.support.metrics import scrape, total
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_MODELS = (("mnist", "1"), ("mnist_features", "1"))
@@ -43,9 +41,8 @@ BROWSER_PACKAGES = "Debian's chromium and chromium-driver (make system-deps inst
 @dataclass
 class PageServer:
     base_url: str
-    kind: str  # "real" or "stub"
-    # The HTTP ModelInfer requests /metrics counts so far (None with the stub).
-    http_inferences: Callable[[], float] | None
+    # The HTTP ModelInfer requests /metrics counts so far.
+    http_inferences: Callable[[], float]
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +56,9 @@ def page_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
-def http_requests_counted(metrics_url: str) -> float:
+def http_requests_counted(metrics_port: int | None) -> float:
     """Sum of mnist_serving_requests_total{protocol="http",method="ModelInfer"} on /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == METRIC
-        and sample.labels.get("protocol") == "http"
-        and sample.labels.get("method") == "ModelInfer"
-    )
+    return total(scrape(metrics_port), METRIC, protocol="http", method="ModelInfer")
 
 
 class ThreadedApp:
@@ -111,12 +97,6 @@ class ThreadedApp:
             self.loop.close()
 
 
-def server_has_http() -> bool:
-    from mnist_serving_server.config import ServerConfig
-
-    return "http_port" in ServerConfig.model_fields
-
-
 @pytest.fixture(scope="module")
 def chromium_installed() -> None:
     """The browser and its driver, checked before any server starts for the page tests."""
@@ -126,18 +106,12 @@ def chromium_installed() -> None:
 
 @pytest.fixture(scope="module")
 def page_server(page_repository: Path) -> Iterator[PageServer]:
-    if not server_has_http():
-        with serve_stub(page_repository) as (base_url, _):
-            yield PageServer(base_url=base_url, kind="stub", http_inferences=None)
-        return
     threaded = ThreadedApp(page_repository)
     try:
         app = threaded.start()
-        metrics_url = f"http://{LOOPBACK}:{app.metrics_port}/metrics"
         yield PageServer(
             base_url=f"http://{LOOPBACK}:{app.http_port}",
-            kind="real",
-            http_inferences=lambda: http_requests_counted(metrics_url),
+            http_inferences=lambda: http_requests_counted(app.metrics_port),
         )
     finally:
         threaded.close()

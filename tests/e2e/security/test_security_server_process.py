@@ -23,6 +23,9 @@ import pytest
 from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.grpc_api.auth import AUTH_TOKEN_ENV
 from tests.integration.client.certificates import CertificateFiles, make_certificates
+from tests.support.channels import open_channels
+from tests.support.metrics import scrape, total
+from tests.support.processes import established_server_sockets, socket_inodes_of, worker_pids
 from tests.support.server_process import REPO_ROOT, ServerProcess, start_server_process
 
 DIGITS_DIR = REPO_ROOT / "client" / "examples" / "digits"
@@ -37,7 +40,8 @@ SOCKET_TIMEOUT_S = 10
 # The SDK's variable for its token (never a flag value: `ps` would show it).
 CLIENT_TOKEN_ENV = "MNIST_SERVING_TOKEN"
 WORKERS = 2
-CALLS_PER_KIND = 6
+# With 16 connections, the chance that the kernel puts all on one of two workers is 2**-15.
+CONNECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,12 @@ def test_an_empty_token_file_stops_the_start(model_repository: Path, tmp_path: P
 
 
 def test_workers_inherit_the_auth_settings(model_repository: Path, tmp_path: Path) -> None:
-    """--workers N: every worker enforces the token; the parent's /metrics sums the refusals."""
+    """--workers N: every worker enforces the token; the parent's /metrics sums the refusals.
+
+    Connections land on workers by the kernel's hash: the test opens CONNECTIONS of them,
+    proves from /proc that each worker holds some, then calls on every one with and without
+    the token, so each worker both serves and refuses.
+    """
     token = secrets.token_hex(TOKEN_BYTES)
     token_file = tmp_path / "tokens"
     token_file.write_text(f"{token}\n")
@@ -193,34 +202,38 @@ def test_workers_inherit_the_auth_settings(model_repository: Path, tmp_path: Pat
         "--metrics-host",
         "127.0.0.1",
     ) as server:
-        statuses = [_classify_status(server.target, token) for _ in range(CALLS_PER_KIND)]
-        statuses += [_classify_status(server.target, None) for _ in range(CALLS_PER_KIND)]
-        assert statuses == ["OK"] * CALLS_PER_KIND + ["UNAUTHENTICATED"] * CALLS_PER_KIND
-        port = server.metrics_port
-        assert port is not None
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/metrics", timeout=SOCKET_TIMEOUT_S
-        ) as response:
-            text = response.read().decode()
-        refused = (
-            'mnist_serving_requests_total{code="UNAUTHENTICATED",method="Classify",model="",'
-            'protocol="grpc",version=""}'
+        channels = open_channels(server.target, CONNECTIONS)
+        try:
+            established = established_server_sockets(server.grpc_port)
+            workers = worker_pids(server)
+            per_worker = [len(socket_inodes_of(pid) & established) for pid in workers]
+            assert len(workers) == WORKERS, workers
+            assert sum(per_worker) == CONNECTIONS, per_worker
+            assert all(count > 0 for count in per_worker), per_worker
+            statuses = [_classify_status(channel, token) for channel in channels]
+            statuses += [_classify_status(channel, None) for channel in channels]
+        finally:
+            for channel in channels:
+                channel.close()
+        assert statuses == ["OK"] * CONNECTIONS + ["UNAUTHENTICATED"] * CONNECTIONS
+        samples = scrape(server.metrics_port)
+        refused = total(
+            samples, "mnist_serving_requests_total", code="UNAUTHENTICATED", method="Classify"
         )
-        assert f"{refused} {float(CALLS_PER_KIND)}" in text
+        assert refused == CONNECTIONS
         assert server.stop() == EXIT_OK
 
 
-def _classify_status(target: str, token: str | None) -> str:
-    """One Classify on a new connection (so the kernel may pick either worker)."""
+def _classify_status(channel: grpc.Channel, token: str | None) -> str:
+    """One Classify on `channel`: "OK" or the status code's name."""
     request = classifier_pb2.ClassifyRequest(
         images=[classifier_pb2.Image(pixels=np.zeros(28 * 28, dtype=np.uint8).tobytes())]
     )
     metadata = None if token is None else (("authorization", f"Bearer {token}"),)
-    with grpc.insecure_channel(target) as channel:
-        try:
-            classifier_pb2_grpc.ClassifierStub(channel).Classify(
-                request, metadata=metadata, timeout=CLI_TIMEOUT_S
-            )
-        except grpc.RpcError as error:
-            return str(error.code().name)
+    try:
+        classifier_pb2_grpc.ClassifierStub(channel).Classify(
+            request, metadata=metadata, timeout=CLI_TIMEOUT_S
+        )
+    except grpc.RpcError as error:
+        return str(error.code().name)
     return "OK"

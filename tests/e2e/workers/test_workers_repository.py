@@ -27,6 +27,13 @@ from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.core.cores import available_cores
 from tests.integration.v2.v2_helpers import raw_infer_request
+from tests.repository_models import (
+    MODEL_FILE,
+    PROBABILITIES,
+    answered_by,
+    reference_probabilities,
+    stage_version,
+)
 from tests.support.channels import open_channels
 from tests.support.processes import established_server_sockets, socket_inodes_of, worker_pids
 from tests.support.server_process import ServerProcess, start_server_process
@@ -63,11 +70,20 @@ def start_workers(repository: Path, *args: str) -> ServerProcess:
     )  # fmt: skip
 
 
-def add_version(repository: Path, version: int) -> None:
-    """A new version folder, complete before it appears (a copy, then a rename)."""
-    staging = repository.parent / f"staging-{version}"
-    shutil.copytree(repository / MODEL / "1", staging)
-    staging.rename(repository / MODEL / str(version))
+def add_version(repository: Path, version: int) -> dict[str, Path]:
+    """A new version folder, complete before it appears (written, then renamed).
+
+    Its logits are scaled (tests/repository_models.py), so its probabilities tell it from
+    version 1's. Returns the model file of every version, by version.
+    """
+    stage_version(repository / MODEL / "1" / MODEL_FILE, repository, MODEL, version)
+    return {v: repository / MODEL / v / MODEL_FILE for v in ("1", str(version))}
+
+
+def served_probabilities(reply: pb.ModelInferResponse) -> np.ndarray:
+    (index,) = [i for i, out in enumerate(reply.outputs) if out.name == PROBABILITIES]
+    shape = tuple(reply.outputs[index].shape)
+    return np.frombuffer(reply.raw_output_contents[index], dtype="<f4").reshape(shape)
 
 
 class Workers:
@@ -112,7 +128,12 @@ class Load:
     """Threads calling ModelInfer (latest version) on their own connections until stopped."""
 
     def __init__(self, target: str, image: np.ndarray) -> None:
-        self._request = raw_infer_request(image[None])
+        self._image = image[None]
+        self._request = raw_infer_request(self._image)
+        # Per version, the probabilities it computes for the image (set before the swap).
+        self.references: dict[str, np.ndarray] = {}
+        # Calls whose probabilities are not those of the version the reply names.
+        self.mismatches: list[str] = []
         self._channels = open_channels(target, LOAD_THREADS)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -124,6 +145,12 @@ class Load:
         ]
         for thread in self._threads:
             thread.start()
+
+    def expect(self, model_files: dict[str, Path]) -> None:
+        """Check every later answer against these versions' own outputs."""
+        references = {v: reference_probabilities(f, self._image) for v, f in model_files.items()}
+        with self._lock:
+            self.references = references
 
     def calls(self) -> int:
         with self._lock:
@@ -156,6 +183,13 @@ class Load:
             with self._lock:
                 self.codes[code] += 1
                 self.versions[version] += 1
+                if code == "OK" and self.references:
+                    try:
+                        computed = answered_by(served_probabilities(reply), self.references)
+                    except AssertionError as error:
+                        computed = str(error)
+                    if computed != version:
+                        self.mismatches.append(f"says {version}, computed by {computed}")
 
 
 def test_a_swap_under_load_reaches_every_worker_before_the_call_returns(
@@ -167,8 +201,9 @@ def test_a_swap_under_load_reaches_every_worker_before_the_call_returns(
     assert connections.ready("1") == {True}
     load = Load(server.target, sample_digits[0][0])
     try:
+        load.expect({"1": repository / MODEL / "1" / MODEL_FILE})
         load.wait_for(CALLS_BEFORE_SWAP)
-        add_version(repository, 2)
+        load.expect(add_version(repository, 2))
         # Through one connection (one worker): the load returns once both workers serve v2.
         connections.stubs[0].RepositoryModelLoad(
             pb.RepositoryModelLoadRequest(model_name=MODEL), timeout=RPC_TIMEOUT_S
@@ -179,6 +214,8 @@ def test_a_swap_under_load_reaches_every_worker_before_the_call_returns(
     finally:
         load.stop()
     assert set(load.codes) == {"OK"}, load.codes  # zero failed calls across the swap
+    # Every answer was computed by the version it names (version 2's logits are scaled).
+    assert load.mismatches == [], load.mismatches[:5]
     assert load.versions["1"] >= CALLS_BEFORE_SWAP
     assert load.versions["2"] >= CALLS_AFTER_SWAP
     # One index for the whole server, whichever worker answers.
@@ -221,19 +258,34 @@ def test_statistics_add_up_every_worker(
     assert set(answers) == {(STATISTICS_CALLS, STATISTICS_CALLS)}, answers
 
 
-def test_poll_mode_applies_a_new_version_in_every_worker(repository: Path) -> None:
+def test_poll_mode_applies_a_new_version_in_every_worker(
+    repository: Path, sample_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images = sample_digits[0][:2]
     with start_workers(
         repository, "--model-control-mode", "poll", "--repository-poll-secs", str(POLL_SECS)
     ) as server:
         connections = Workers(server)
         try:
-            add_version(repository, 2)
+            model_files = add_version(repository, 2)
             deadline = time.monotonic() + POLL_WAIT_S
             while (MODEL, "2", "READY") not in connections.indexes()[0]:
                 assert time.monotonic() < deadline, connections.indexes()[0]
                 time.sleep(WAIT_STEP_S)
             # The merged index says READY only once every worker has the version.
             assert connections.ready("2") == {True}
+            # And every worker computes with it: its probabilities, not version 1's.
+            references = {v: reference_probabilities(f, images) for v, f in model_files.items()}
+            computed = {
+                answered_by(
+                    served_probabilities(
+                        stub.ModelInfer(raw_infer_request(images), timeout=RPC_TIMEOUT_S)
+                    ),
+                    references,
+                )
+                for stub in connections.stubs
+            }
+            assert computed == {"2"}
         finally:
             connections.close()
 

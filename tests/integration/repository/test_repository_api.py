@@ -22,6 +22,8 @@ from tests.integration.conftest import StartApp
 from tests.repository_models import (
     FASHION_LABELS,
     add_version,
+    answered_by,
+    reference_probabilities,
     stage_version,
     write_broken,
 )
@@ -203,9 +205,17 @@ async def test_a_staged_version_is_swapped_in_under_load_without_a_failed_call(
     app: ServingApp, repository: Path, session_model: Path, sample_digits: tuple[Any, Any]
 ) -> None:
     images, _ = sample_digits
+    images = images[:900]
+    # What each version computes, from the files themselves: version 2 scales the logits.
+    stage_version(session_model, repository.parent / "references", "mnist", 2)
+    references = {
+        "1": reference_probabilities(session_model, images),
+        "2": reference_probabilities(repository.parent / "references/mnist/2/model.onnx", images),
+    }
     stop = asyncio.Event()
     answered = asyncio.Condition()
     versions_seen: list[str] = []
+    computed_by: list[str] = []
     failures: list[str] = []
 
     async def until_answered(count: int) -> None:
@@ -216,12 +226,19 @@ async def test_a_staged_version_is_swapped_in_under_load_without_a_failed_call(
         for call in range(MAX_CALLS_PER_CALLER):
             if stop.is_set():
                 return
-            batch = images[(offset + call) % 900 :][: 1 + call % 3]
+            start = (offset + call) % 900
+            batch = images[start:][: 1 + call % 3]
             try:
                 response = await stub.ModelInfer(infer_request("mnist", batch), timeout=30)
             except aio.AioRpcError as exc:
                 failures.append(f"{exc.code().name}: {exc.details()}")
                 continue
+            window = slice(start, start + len(batch))
+            computed_by.append(
+                answered_by(
+                    probabilities(response), {v: ref[window] for v, ref in references.items()}
+                )
+            )
             versions_seen.append(response.model_version)
             async with answered:
                 answered.notify_all()
@@ -243,6 +260,8 @@ async def test_a_staged_version_is_swapped_in_under_load_without_a_failed_call(
     assert failures == []
     assert time.monotonic() - started < SWAP_LOAD_LIMIT_S
     assert set(versions_seen) == {"1", "2"}
+    # Each answer's probabilities are those of the version it names: version 2 really ran.
+    assert computed_by == versions_seen
     assert versions_seen[-1] == "2"
     assert versions_seen[answered_at_swap + CALLERS :].count("1") == 0
     assert retired.value.code() is grpc.StatusCode.NOT_FOUND
@@ -348,8 +367,14 @@ async def test_poll_mode_serves_a_renamed_version_and_ignores_staging_folders(
             if response.model_version == "3":
                 break
             await asyncio.sleep(0.05)
+        served = probabilities(response)
         index = index_of(await stub.RepositoryIndex(pb.RepositoryIndexRequest()))
     assert versions[-1] == "3"
+    references = {
+        version: reference_probabilities(repository / "mnist" / version / "model.onnx", images[:1])
+        for version in ("1", "3")
+    }
+    assert answered_by(served, references) == "3"
     assert ("mnist", "3") in index
     assert not any(version.startswith(".") for _, version in index)
 
@@ -368,14 +393,19 @@ async def test_config_pbtxt_version_policy_and_batching(
     app = await start(start_app, repository)
     async with aio.insecure_channel(app.target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        served = [
-            (await stub.ModelInfer(infer_request("mnist", images[:1], version=v))).model_version
+        answers = [
+            await stub.ModelInfer(infer_request("mnist", images[:4], version=v))
             for v in ("1", "3", "")
         ]
         with pytest.raises(aio.AioRpcError) as missing:
             await stub.ModelInfer(infer_request("mnist", images[:1], version="2"))
         config = (await stub.ModelConfig(pb.ModelConfigRequest(name="mnist"))).config
-    assert served == ["1", "3", "3"]
+    references = {
+        version: reference_probabilities(repository / "mnist" / version / "model.onnx", images[:4])
+        for version in ("1", "2", "3")
+    }
+    assert [answer.model_version for answer in answers] == ["1", "3", "3"]
+    assert [answered_by(probabilities(answer), references) for answer in answers] == ["1", "3", "3"]
     assert missing.value.code() is grpc.StatusCode.NOT_FOUND
     assert "versions served: 1, 3" in str(missing.value.details())
     assert config.max_batch_size == 8

@@ -24,6 +24,9 @@ from tests.support.metrics import app_metric
 from tests.support.waiting import wait_until
 
 Digits = tuple[Any, Any]
+# On both gRPC fronts (tests/conftest.py): each has its own error and stream paths.
+pytestmark = pytest.mark.both_grpc_fronts
+
 ONE_DIGIT = np.zeros((1, 28, 28), dtype=np.uint8)
 TINY_QUEUE_IMAGES = 4
 SHORT_DEADLINE_S = 0.3

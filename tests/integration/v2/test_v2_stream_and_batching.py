@@ -25,6 +25,9 @@ from tests.integration.v2.v2_helpers import (
 from tests.support.metrics import sample_sum
 from tests.support.waiting import wait_until
 
+# On both gRPC fronts (tests/conftest.py): each has its own error and stream paths.
+pytestmark = pytest.mark.both_grpc_fronts
+
 TOLERANCE = 1e-6
 STREAM_REQUESTS = 40
 BAD_EVERY = 7  # every 7th stream request is malformed
