@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -120,6 +121,10 @@ def replaced(server: ServerProcess, dead: int) -> list[int] | None:
     return pids
 
 
+def replaced_or_exited(server: ServerProcess, dead: int) -> bool | None:
+    return True if server.process.poll() is not None or replaced(server, dead) else None
+
+
 def pids_reached(server: ServerProcess) -> tuple[list[grpc.Channel], set[int]]:
     """CONNECTIONS new channels, and the worker pids that hold at least one of them."""
     channels = open_channels(server.target, CONNECTIONS)
@@ -217,7 +222,7 @@ def test_a_crash_loop_stops_the_server_with_its_reason(repository: Path) -> None
             victim = max(worker_pids(server))  # the same worker each time: the newest pid
             os.kill(victim, signal.SIGKILL)
             wait_for(
-                lambda victim=victim: server.process.poll() is not None or replaced(server, victim),
+                partial(replaced_or_exited, server, victim),
                 REPLACED_WITHIN_S,
                 "the worker's replacement or the server's exit",
             )
