@@ -234,7 +234,11 @@ class ServerConfig(BaseSettings):
         0, ge=0, description="ONNX Runtime intra-op threads; 0 = the cores this process may use."
     )
     provider: Provider = Field(
-        "auto", description="Execution provider: auto (CUDA when available), cpu or cuda."
+        "auto",
+        description=(
+            "Execution provider: auto (CUDA where onnxruntime-gpu and a GPU are, else the CPU), "
+            "cpu or cuda (refuses to start without a usable GPU)."
+        ),
     )
     drain_delay_s: float = Field(
         DEFAULT_DRAIN_DELAY_S,
