@@ -9,6 +9,7 @@ import pytest
 from mnist_serving_server import app
 from mnist_serving_server.app import ServerStartError, native_wanted
 from mnist_serving_server.config import load_config
+from mnist_serving_server.grpc_api.native_front import UNBOUNDED_NATIVE_RECEIVE
 
 
 def config(tmp_path: Path, *flags: str, tls: bool = False):
@@ -40,7 +41,7 @@ def test_native_by_name_serves_unbounded_with_a_warning(
     with caplog.at_level("WARNING"):
         assert native_wanted(config(tmp_path, "--grpc-front", "native"), ()) is True
     assert [r.getMessage() for r in caplog.records] == [
-        app.UNBOUNDED_NATIVE_RECEIVE + "; serve it only to trusted clients"
+        UNBOUNDED_NATIVE_RECEIVE + "; serve it only to trusted clients"
     ]
     caplog.clear()
     with caplog.at_level("WARNING"):
