@@ -92,7 +92,8 @@ IO_THREADS: Final = 2
 # (which ends every stream at once): answers counted as sent by pygrpc-native's own
 # counters, then this margin for the bytes in flight.
 FLUSH_MARGIN_S: Final = 0.02
-FLUSH_LIMIT_S: Final = 1.0
+FLUSH_LIMIT_S: Final = 2.0
+FLUSH_QUIET_CHECKS: Final = 2
 SOCKET_NAME: Final = "grpcio.sock"
 UNBOUNDED_NATIVE_RECEIVE: Final = (
     "the native gRPC front cannot bound a message's size (pygrpc-native holds the whole "
@@ -459,33 +460,41 @@ class NativeFront:
             except TimeoutError:
                 logger.warning("grace period over; %d native calls still running", self.in_flight)
             await self._flush(front, min(give_up, loop.time() + FLUSH_LIMIT_S))
-            self._front = None
             if self._refusal_task is not None:
                 self._refusal_task.cancel()
                 self._add_native_refusals(front)
+            # Events handed over until close() still find `front` to refuse them with.
             await asyncio.to_thread(front.close)
+            self._front = None
             if self._receiver is not None:
                 await asyncio.to_thread(self._receiver.join)
         await self._fallback.stop(max(give_up - loop.time(), 0.0))
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def _flush(self, front: Any, until: float) -> None:
-        """Until pygrpc-native has sent every answer it was given (its counters), then the
-        margin: close() right after respond() can lose answers still being written."""
+        """Until pygrpc-native has sent every answer it was given (its counters) and no call
+        came in for a margin: close() right after respond() can lose answers still being
+        written, and close() drops the calls it finds open (pygrpc-native 0.5 has no
+        graceful GOAWAY), so it waits for a quiet moment, within `until`."""
         loop = asyncio.get_running_loop()
-        while loop.time() < until and not _all_answered(front.metrics()):  # noqa: ASYNC110
-            await asyncio.sleep(FLUSH_MARGIN_S)  # pygrpc-native offers no event for it
-        await asyncio.sleep(FLUSH_MARGIN_S)
+        quiet_checks = 0
+        last_started = -1
+        while loop.time() < until and quiet_checks < FLUSH_QUIET_CHECKS:
+            # pygrpc-native offers no event for it
+            started, open_calls = _started_and_open(front.metrics())
+            quiet = open_calls == 0 and started == last_started
+            quiet_checks = quiet_checks + 1 if quiet else 0
+            last_started = started
+            await asyncio.sleep(FLUSH_MARGIN_S)
 
 
-def _all_answered(counters: dict[str, Any] | None) -> bool:
-    if not counters:
-        return True
-    for method in counters.get("methods", {}).values():
-        answered = sum(entry.get("count", 0) for entry in method.get("status", {}).values())
-        if method.get("started", 0) > answered:
-            return False
-    return True
+def _started_and_open(counters: dict[str, Any] | None) -> tuple[int, int]:
+    """Calls pygrpc-native started, and those of them not answered yet (its counters)."""
+    started = answered = 0
+    for method in (counters or {}).get("methods", {}).values():
+        started += method.get("started", 0)
+        answered += sum(entry.get("count", 0) for entry in method.get("status", {}).values())
+    return started, started - answered
 
 
 def private_socket_dir() -> Path:
