@@ -30,7 +30,6 @@ from grpc import aio
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from tests.integration.v2.v2_helpers import raw_infer_request
 from tests.support.channels import NOT_CONNECTED, REFUSED, SERVED, outcome
-
 from tests.support.server_process import start_server_process
 
 CALLERS = 32
