@@ -66,7 +66,7 @@ SERVE_ENV_STAMP := $(if $(filter gpu,$(ORT_BUILD)),$(GPU_STAMP),$(SERVE_STAMP))
 MODEL_REPOSITORY ?= model_repository
 MODEL_NAME ?= mnist
 DATASET ?= auto
-EPOCHS ?= 5
+EPOCHS ?= auto
 SEED ?= 0
 QUANTIZE ?= none
 VERSION ?=
@@ -221,7 +221,7 @@ train-export: $(TRAIN_STAMP) ## Train the CNN and export model.onnx (DATASET, EP
 # The reference model that ships in model_repository/mnist/1 (tests/unit/training/
 # test_training_reference_model.py checks it against the current export). Its state_dict
 # (model_state_dict.pt) stays local: .gitignore keeps it out, the weights are in model.onnx.
-REFERENCE_MODEL_ARGS := DATASET=mnist-sample EPOCHS=8 SEED=0 QUANTIZE=none VERSION=1 \
+REFERENCE_MODEL_ARGS := DATASET=mnist-sample EPOCHS=40 SEED=0 QUANTIZE=none VERSION=1 \
   MODEL_NAME=mnist MODEL_REPOSITORY=model_repository
 
 reference-model: ## Regenerate the shipped model_repository/mnist/1 (seeded, offline MNIST sample)

@@ -8,7 +8,7 @@ augmented digits; a full 60,000-image set needs few.
 
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 2e-3
-DEFAULT_WEIGHT_DECAY = 0.0
+DEFAULT_WEIGHT_DECAY = 0.05
 DEFAULT_SEED = 0
 
 LR_SCHEDULE_CONSTANT = "constant"
@@ -31,8 +31,8 @@ AUGMENTED_DATASETS = ("mnist-sample", "mnist")
 DEFAULT_ROTATION_DEGREES = 15.0
 DEFAULT_TRANSLATE_PIXELS = 3.0
 DEFAULT_SCALE = 0.15
-# Elastic distortion (Simard et al. 2003): off by default (see README "Training recipe").
-DEFAULT_ELASTIC_ALPHA = 0.0
+# Elastic distortion (Simard et al. 2003): smooth random displacements of up to 2 pixels.
+DEFAULT_ELASTIC_ALPHA = 2.0
 DEFAULT_ELASTIC_SIGMA = 4.0
 
 

@@ -38,7 +38,7 @@ from mnist_serving_training.repository import MODEL_FILENAME
 REPO_ROOT = Path(__file__).resolve().parents[3]
 REFERENCE_DIR = REPO_ROOT / "model_repository" / "mnist" / "1"
 REFERENCE_DATASET = "mnist-sample"
-REFERENCE_EPOCHS = 8
+REFERENCE_EPOCHS = 40
 REFERENCE_SEED = 0
 # What `make reference-model` runs (Makefile: REFERENCE_MODEL_ARGS); the report records it.
 REFERENCE_MAKE_COMMAND = (
