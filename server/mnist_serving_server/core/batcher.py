@@ -8,11 +8,7 @@ deadline passed or whose caller went away, concatenates the rest once, runs the 
 a dedicated thread and slices each caller's rows back out.
 
 With a latency target (`latency_target_s` > 0) the queue delay is not fixed but adaptive
-(`_adapt_delay`): it grows, step by step up to a quarter of the target, while concurrent
-callers fill the batches and requests spend less than the target in the batcher; it
-halves when they spend more, or when a wait brought no new image (light load). Bigger
-batches mean fewer hand-offs to the worker thread and fewer ONNX Runtime calls per
-request (docs/performance.md, issue #13: less CPU per request, not a lower p99).
+(core/delay_policy.py, one call per batch).
 
 Cost per request matters more than anything here (the model costs ~12 µs per image), so
 `submit` does no more than a few attribute reads, one append and one future; the loop
@@ -37,6 +33,9 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from mnist_serving_server.core import tracing
+from mnist_serving_server.core.delay_policy import DELAY_CAP_SHARE as DELAY_CAP_SHARE
+from mnist_serving_server.core.delay_policy import DELAY_STEPS as DELAY_STEPS
+from mnist_serving_server.core.delay_policy import QueueDelay
 from mnist_serving_server.core.drain import SHUTTING_DOWN
 from mnist_serving_server.core.errors import (
     DeadlineExceededError,
@@ -57,10 +56,6 @@ DEFAULT_MAX_QUEUE_SIZE = 4096
 # hangs longer than this is abandoned (its callers get NotReadyError).
 STOP_IN_FLIGHT_TIMEOUT_S = 10.0
 WORKER_THREAD_NAME = "mnist-batch-worker"
-
-# Adaptive queue delay: steps of target / DELAY_STEPS, at most target x DELAY_CAP_SHARE.
-DELAY_STEPS = 50
-DELAY_CAP_SHARE = 0.25
 
 REASON_QUEUE_FULL = "queue_full"
 REASON_DEADLINE = "deadline"
@@ -156,23 +151,14 @@ class DynamicBatcher:
         """
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_queue_delay_s < 0:
-            raise ValueError(f"max_queue_delay_s must be >= 0, got {max_queue_delay_s}")
         if max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
-        if latency_target_s < 0:
-            raise ValueError(f"latency_target_s must be >= 0, got {latency_target_s}")
         self._run_batch = run_batch
         # Bound once here: a call costs about what time.monotonic() did (measured ~10 ns more).
         self._clock = clock
         self._max_batch_size = max_batch_size
         self._max_queue_size = max_queue_size
-        # Adaptive queue delay (latency_target_s > 0): see _adapt_delay.
-        self._latency_target_s = latency_target_s
-        self._delay_s = 0.0 if latency_target_s > 0 else max_queue_delay_s
-        self._delay_step_s = latency_target_s / DELAY_STEPS
-        self._delay_cap_s = latency_target_s * DELAY_CAP_SHARE
-        self._waited_from_images = -1  # images queued when the current wait began; -1: none
+        self._delay = QueueDelay(max_queue_delay_s, latency_target_s)
         self._observer = observer
         self._on_failure = on_failure
         self._trace_attributes = dict(trace_attributes or {})
@@ -209,7 +195,7 @@ class DynamicBatcher:
     @property
     def queue_delay_s(self) -> float:
         """How long the batcher now waits for a batch to fill (adaptive when a target is set)."""
-        return self._delay_s
+        return self._delay.delay_s
 
     async def start(self) -> None:
         """Start the batch loop on the running event loop (idempotent)."""
@@ -365,6 +351,8 @@ class DynamicBatcher:
             self._wake_at_images = 1
 
     async def _batch_loop(self) -> None:
+        delay = self._delay
+        waited_from = -1  # images queued when the current wait for a fuller batch began
         try:
             while not self._stopping:
                 if not self._queue:
@@ -372,21 +360,22 @@ class DynamicBatcher:
                         self._notify_drained()
                     await self._wait_for_images(1, None)
                     continue
-                delay = self._delay_s
-                if delay > 0 and self._queued_images < self._max_batch_size:
-                    # Wait for a full batch, at most `delay` after the oldest arrived.
-                    until = self._queue[0].enqueued_at + delay
+                delay_s = delay.delay_s
+                if delay_s > 0 and self._queued_images < self._max_batch_size:
+                    # Wait for a full batch, at most `delay_s` after the oldest arrived.
+                    until = self._queue[0].enqueued_at + delay_s
                     if until > self._clock():
-                        if self._waited_from_images < 0:
-                            self._waited_from_images = self._queued_images
+                        if waited_from < 0:
+                            waited_from = self._queued_images
                         await self._wait_for_images(self._max_batch_size, until)
                         continue  # re-check: stopped, batch full, or the delay is over
-                waited_from, self._waited_from_images = self._waited_from_images, -1
+                brought_from, waited_from = waited_from, -1
                 slices, rows = self._collect_batch()
                 if slices:
                     await self._process_batch(slices, rows)
-                    if self._latency_target_s > 0:
-                        self._adapt_delay(slices, rows, waited_from)
+                    if delay.adaptive:
+                        oldest = min(piece.request.enqueued_at for piece in slices)
+                        delay.adapt(self._clock() - oldest, rows, len(slices), brought_from)
         except asyncio.CancelledError:
             # Only stop() cancels the loop (after its grace); it fails what is pending.
             self._fail_slices(self._in_flight, NotReadyError(SHUTTING_DOWN))
@@ -395,25 +384,6 @@ class DynamicBatcher:
             self._loop_died(exc)
             if not isinstance(exc, Exception):
                 raise
-
-    def _adapt_delay(self, slices: list[_Slice], rows: int, waited_from: int) -> None:
-        """Grow the queue delay while it fills batches within the target; shrink it if not.
-
-        `worst`: how long the oldest request of the batch just answered spent in the
-        batcher (queued + computed). Over the target, or a wait that brought no image
-        (`waited_from`: images queued when the wait began; light load): halve the delay
-        (0 below one step). Otherwise, a wait that brought images, or a batch of several
-        requests (concurrent callers): one step longer, up to the cap.
-        """
-        worst = self._clock() - min(piece.request.enqueued_at for piece in slices)
-        delay = self._delay_s
-        if worst > self._latency_target_s or (waited_from >= 0 and rows <= waited_from):
-            delay *= 0.5
-            if delay < self._delay_step_s:
-                delay = 0.0
-        elif waited_from >= 0 or len(slices) > 1:
-            delay = min(delay + self._delay_step_s, self._delay_cap_s)
-        self._delay_s = delay
 
     def _loop_died(self, exc: BaseException) -> None:
         self._running = False

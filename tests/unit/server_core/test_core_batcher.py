@@ -651,7 +651,7 @@ async def test_adaptive_delay_fills_a_batch_it_waits_for() -> None:
     model = GatedModel()
     batcher = DynamicBatcher(model, max_batch_size=4, latency_target_s=600.0)
     await batcher.start()
-    batcher._delay_s = 600.0  # as if grown: far longer than the test may take
+    batcher._delay.delay_s = 600.0  # as if grown: far longer than the test may take
     sent = [images(1, seed=seed) for seed in range(4)]
     results = await asyncio.wait_for(
         asyncio.gather(*(batcher.submit(pixels) for pixels in sent)), EVENT_WAIT_S
@@ -667,7 +667,7 @@ async def test_adaptive_delay_shrinks_to_zero_for_a_lone_caller() -> None:
     target_s = 0.2
     batcher = DynamicBatcher(model, max_batch_size=8, latency_target_s=target_s)
     await batcher.start()
-    batcher._delay_s = 4 * target_s / batcher_module.DELAY_STEPS  # four steps
+    batcher._delay.delay_s = 4 * target_s / batcher_module.DELAY_STEPS  # four steps
     # One caller at a time: every wait brings nothing, so each halves the delay.
     for seed in range(4):
         sent = images(1, seed=seed)
@@ -685,7 +685,7 @@ async def test_adaptive_delay_halves_when_the_target_is_missed(
     await batcher.start()
     gate_task = await block_runtime(batcher, model)
     cap = target_s * batcher_module.DELAY_CAP_SHARE
-    batcher._delay_s = cap
+    batcher._delay.delay_s = cap
     tasks = [asyncio.create_task(batcher.submit(images(1, seed=seed))) for seed in range(2)]
     await until_queued(batcher, 2)
     clock.advance(HOLD_S)  # past the delay too: the next batch starts without waiting
