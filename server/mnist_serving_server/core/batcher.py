@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from mnist_serving_server.core import tracing
+from mnist_serving_server.core import batch_spans, tracing
 from mnist_serving_server.core.delay_policy import DELAY_CAP_SHARE as DELAY_CAP_SHARE
 from mnist_serving_server.core.delay_policy import DELAY_STEPS as DELAY_STEPS
 from mnist_serving_server.core.delay_policy import QueueDelay
@@ -45,7 +45,7 @@ from mnist_serving_server.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, SpanContext, Tracer
+    from opentelemetry.trace import Span, SpanContext
 
 logger = logging.getLogger(__name__)
 
@@ -466,35 +466,18 @@ class DynamicBatcher:
         if span is None:
             outputs = self._run_batch(batch)
         else:
-            outputs = tracing.run_in_span(span, lambda: self._run_batch(batch))
+            outputs = batch_spans.run(span, self._run_batch, batch)
         return outputs, clock() - started
-
-    def _start_batch_span(self, active: Tracer, slices: list[_Slice], rows: int) -> Span | None:
-        """The batch's span, linked to each traced call it serves, and those calls' queue
-        spans; None (no span at all) when no call of the batch is traced."""
-        # One link per span: a stream's requests all belong to the stream's span.
-        calls: dict[int, SpanContext] = {}
-        queued: list[tuple[SpanContext, int]] = []
-        for piece in slices:
-            trace = piece.request.trace
-            if trace is not None:
-                calls[trace.span_id] = trace
-                if piece.start == 0:  # a split call was queued once, before its first part
-                    queued.append((trace, piece.request.queued_ns))
-        if not calls:
-            return None
-        attributes = {
-            **self._trace_attributes,
-            tracing.BATCH_SIZE: rows,
-            tracing.BATCH_REQUESTS: len(slices),
-        }
-        return tracing.start_batch_span(active, list(calls.values()), queued, attributes)
 
     async def _process_batch(self, slices: list[_Slice], rows: int) -> None:
         assert self._loop is not None
         self._in_flight = slices
         active = tracing.tracer
-        span = None if active is None else self._start_batch_span(active, slices, rows)
+        span = (
+            None
+            if active is None
+            else batch_spans.start(active, slices, rows, self._trace_attributes)
+        )
         try:
             batch = self._concatenate(slices, rows)
             started = self._clock()
@@ -506,19 +489,13 @@ class DynamicBatcher:
             )
             _check_outputs(outputs, rows)
         except asyncio.CancelledError as exc:  # stop() gave up on the model call
-            if span is not None:
-                tracing.set_error(span, exc)
-                span.end()
-            raise
+            with batch_spans.failing(span, exc):
+                raise
         except Exception as exc:
-            # A model failure (or a broken invariant) fails this batch only.
-            if span is None:
+            # A model failure (or a broken invariant) fails this batch only; the log line
+            # carries the batch's trace.
+            with batch_spans.failing(span, exc):
                 logger.error("batch of %d images failed", rows, exc_info=exc)
-            else:
-                tracing.set_error(span, exc)
-                with tracing.current_span(span):  # the log line carries the batch's trace
-                    logger.error("batch of %d images failed", rows, exc_info=exc)
-                span.end()
             self._fail_slices(slices, exc)
             self._in_flight = []
             return
