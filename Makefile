@@ -72,6 +72,7 @@ QUANTIZE ?= none
 VERSION ?=
 HOST ?= 0.0.0.0
 PORT ?= 8001
+HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
 WORKERS ?= auto
 PYTEST_ARGS ?=
@@ -89,7 +90,7 @@ EXTRA_TEST_TARGETS :=
 -include mk/*.mk
 
 .PHONY: help venv gpu-venv ort-choice test-gpu-build train-venv dev-venv lock lock-check system-deps proto proto-check train-export reference-model \
-  model serve lint test test-python test-interop clean
+  model serve lint test test-python test-interop docs docs-check clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -101,7 +102,8 @@ help: ## Show the targets
 	@echo
 	@echo "  $(GPU_VENV)     serve on a GPU: .venv with onnxruntime-gpu + CUDA/cuDNN wheels (make serve where an NVIDIA GPU is, or ORT=gpu)"
 	@echo
-	@echo "Variables: DATASET=$(DATASET) EPOCHS=$(EPOCHS) SEED=$(SEED) QUANTIZE=$(QUANTIZE) MODEL_REPOSITORY=$(MODEL_REPOSITORY) TORCH=$(TORCH) ORT=$(ORT)"
+	@echo "Variables: DATASET=$(DATASET) EPOCHS=$(EPOCHS) SEED=$(SEED) QUANTIZE=$(QUANTIZE) VERSION=$(VERSION) MODEL_NAME=$(MODEL_NAME) MODEL_REPOSITORY=$(MODEL_REPOSITORY) TORCH=$(TORCH) ORT=$(ORT)"
+	@echo "  make serve: HOST=$(HOST) HTTP_PORT=$(HTTP_PORT) PORT=$(PORT) METRICS_PORT=$(METRICS_PORT) WORKERS=$(WORKERS); PYTEST_ARGS=... for the test targets"
 
 venv: $(SERVE_STAMP) ## Create .venv: the server and the client SDK/CLI (no torch)
 
@@ -232,9 +234,10 @@ model: ## Train and export mnist only if the repository holds no model at all
 	  echo "models found in $(MODEL_REPOSITORY):" $$(ls $(MODEL_REPOSITORY)/*/*/model.onnx); \
 	else $(MAKE) --no-print-directory train-export MODEL_NAME=mnist; fi
 
-serve: ort-choice $(SERVE_ENV_STAMP) model ## Serve every model in model_repository on :8001 (metrics :8002); HOST, PORT, METRICS_PORT, WORKERS, ORT=auto|cpu|gpu
+serve: ort-choice $(SERVE_ENV_STAMP) model ## Serve model_repository: HTTP :8000, gRPC :8001, metrics :8002; HOST, HTTP_PORT, PORT, METRICS_PORT, WORKERS, ORT=auto|cpu|gpu
 	exec $(SERVE_ENV_PY) -m mnist_serving_server --model-repository $(MODEL_REPOSITORY) \
-	  --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) --workers $(WORKERS)
+	  --host $(HOST) --http-host $(HOST) --metrics-host $(HOST) --http-port $(HTTP_PORT) \
+	  --port $(PORT) --metrics-port $(METRICS_PORT) --workers $(WORKERS)
 
 lint: $(VENV_STAMP) ## ruff (lint + format check), mypy, and the import layers (import-linter)
 	$(PY) -m ruff check .
@@ -245,7 +248,7 @@ lint: $(VENV_STAMP) ## ruff (lint + format check), mypy, and the import layers (
 # The container's tests run in test-docker (docker-e2e), which builds the image they need.
 DOCKER_TESTS := tests/e2e/docker tests/interop/test_interop_docker_image.py
 
-test-python: $(VENV_STAMP) system-deps
+test-python: $(VENV_STAMP) system-deps ## Every test but tritonclient's and the container's (part of make test)
 	$(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/interop $(addprefix --ignore=,$(DOCKER_TESTS))
 
 # tritonclient registers its own `inference.*` protobuf messages; ours would clash in one
@@ -253,7 +256,7 @@ test-python: $(VENV_STAMP) system-deps
 # Against both gRPC fronts (--grpc-front): the native one (the default) and grpc.aio alone.
 GRPC_FRONTS := native grpcio
 
-test-interop: $(VENV_STAMP) system-deps
+test-interop: $(VENV_STAMP) system-deps ## The tritonclient tests, once per gRPC front (part of make test)
 	for front in $(GRPC_FRONTS); do \
 	  echo "test-interop: --grpc-front $$front"; \
 	  MNIST_SERVING_GRPC_FRONT=$$front $(PY) -m pytest $(PYTEST_ARGS) tests/interop \
@@ -261,6 +264,14 @@ test-interop: $(VENV_STAMP) system-deps
 	done
 
 test: lint test-python test-interop $(EXTRA_TEST_TARGETS) ## Lint and run every test (what CI runs)
+
+# docs/reference.md: the flags, metrics and error kinds, generated from the code
+# (tests/unit/docs/test_docs_reference.py fails when it is stale).
+docs: $(VENV_STAMP) ## Regenerate docs/reference.md (flags, metrics, error kinds) from the code
+	$(PY) docs/generate_reference.py
+
+docs-check: $(VENV_STAMP) ## Check the docs: reference.md current, links, anchors, paths, make targets
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit/docs
 
 clean: ## Remove .venv, .venv-train, caches and build outputs (keeps model_repository)
 	rm -rf $(VENV) $(GPU_VENV) $(TRAIN_VENV) $(LOCK_VENV) build dist *.egg-info client/build client/*.egg-info .pytest_cache .mypy_cache .ruff_cache
