@@ -42,10 +42,11 @@ def app_config(model_repository: Path, **overrides: Any) -> ServerConfig:
         "http_port": 0,
         "drain_delay_s": 0.0,
         "grace_period_s": TEST_GRACE_PERIOD_S,
-        # The native front unless a test says otherwise: `auto` picks it only with tokens
-        # and nothing exempt (app.native_wanted), and its code is the one to exercise.
-        "grpc_front": "native",
     }
+    if overrides.get("tls_cert") is None:
+        # The native front unless a test says otherwise (`auto` picks it only with tokens
+        # and nothing exempt: app.native_wanted); TLS is served by the grpcio front only.
+        settings["grpc_front"] = "native"
     settings.update(overrides)
     return ServerConfig(**settings)
 
@@ -75,7 +76,8 @@ async def start_app(model_repository: Path, grpc_front: str) -> AsyncIterator[St
         if warm_up_gate is not None:
             gates.append(warm_up_gate)
         repository = overrides.pop("model_repository", model_repository)
-        overrides.setdefault("grpc_front", grpc_front)
+        if overrides.get("tls_cert") is None:  # TLS is served by the grpcio front only
+            overrides.setdefault("grpc_front", grpc_front)
         app = ServingApp(app_config(repository, **overrides), warm_up_gate=warm_up_gate)
         # Kept before starting: a failed warm-up raises from start() with the server up.
         apps.append(app)

@@ -17,6 +17,7 @@ import numpy as np
 
 from mnist_serving_server.core import tracing
 from mnist_serving_server.core.classifier import ClassifierContract
+from mnist_serving_server.core.decoding import decode_off_loop
 from mnist_serving_server.core.errors import (
     FailedPreconditionError,
     ModelNotFoundError,
@@ -52,12 +53,19 @@ if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
 NOT_READY_MESSAGE = "the server is not ready: warming up or shutting down"
+MODEL_CHANGED_MESSAGE = (
+    "the model's input changed while the request's images were decoded (a new version was "
+    "loaded); send the request again"
+)
 
 
 class PendingCall:
-    """A call queued by `DataPlane.begin`: its future carries the model's outputs."""
+    """A call queued by `DataPlane.begin`: its future carries the model's outputs.
 
-    __slots__ = ("began", "future", "request", "requested", "served")
+    `queued`: whether it reached its batcher (a refusal before that is counted where it
+    happens, or not at all for bad input, as for a call refused synchronously)."""
+
+    __slots__ = ("began", "future", "queued", "request", "requested", "served")
 
     def __init__(
         self,
@@ -72,6 +80,7 @@ class PendingCall:
         self.requested = requested
         self.future = future
         self.began = began
+        self.queued = True
 
     def answer(self, computed: dict[str, np.ndarray]) -> InferenceResponse:
         """The response from the outputs the batcher computed (its success counted)."""
@@ -83,7 +92,8 @@ class PendingCall:
 
     def failed(self) -> None:
         """Count the call as failed (its error goes to the caller as it is)."""
-        self.served.statistics.fail.add(time.perf_counter() - self.began)
+        if self.queued:
+            self.served.statistics.fail.add(time.perf_counter() - self.began)
 
 
 def _enqueue(
@@ -101,6 +111,38 @@ def _enqueue(
     except BaseException:
         served.statistics.fail.add(time.perf_counter() - began)
         raise
+
+
+def _deadline(request: InferenceRequest) -> float | None:
+    """The call's deadline (time.monotonic()), or its queue timeout from now if sooner."""
+    deadline = request.deadline
+    timeout_s = queue_timeout_s(request)
+    if timeout_s is not None:
+        started = time.monotonic()
+        if deadline is None or started + timeout_s < deadline:
+            deadline = started + timeout_s
+    return deadline
+
+
+def _chain(inner: asyncio.Future[Any], outer: asyncio.Future[Any]) -> None:
+    """`outer` ends as `inner` does; cancelling `outer` cancels `inner` (leaves its queue)."""
+
+    def copy(done: asyncio.Future[Any]) -> None:
+        if outer.done():
+            return
+        if done.cancelled():
+            outer.cancel()
+        elif (error := done.exception()) is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(done.result())
+
+    def cancel(done: asyncio.Future[Any]) -> None:
+        if done.cancelled():
+            inner.cancel()
+
+    inner.add_done_callback(copy)
+    outer.add_done_callback(cancel)
 
 
 def _check_room(served: ServedVersion, rows: int) -> None:
@@ -206,6 +248,15 @@ class DataPlane:
             raise FailedPreconditionError(served.classifier_problem)
         return served, contract
 
+    def decoded_for(self, name: str, version: str, decoded_for: ServedVersion) -> ServedVersion:
+        """The version to queue images in that were decoded off the loop for `decoded_for`:
+        the one served now (a swap may have retired that one meanwhile), as long as it takes
+        the same input; else NotReadyError (send again)."""
+        served = self.model(name, version)
+        if served.info.inputs[0] != decoded_for.info.inputs[0]:
+            raise NotReadyError(MODEL_CHANGED_MESSAGE)
+        return served
+
     async def infer(
         self,
         served: ServedVersion,
@@ -284,20 +335,54 @@ class DataPlane:
         if shape and shape[0] > 0:  # a full queue refuses before the input is decoded
             _check_room(served, shape[0])
         spec = served.info.inputs[0]
+        if takes_encoded(spec, request.input.datatype):
+            return self._begin_decoding(served, request, requested, limits)
+        array = decode_input(request.input, spec, limits)
+        future, began = _enqueue(served, array, _deadline(request), request.trace)
+        return PendingCall(served, request, requested, future, began)
+
+    def _begin_decoding(
+        self,
+        served: ServedVersion,
+        request: InferenceRequest,
+        requested: tuple[RequestedOutput, ...] | None,
+        limits: RequestLimits,
+    ) -> PendingCall:
+        """PNG/JPEG inputs: decoded on the decoder thread (core.decoding), then queued in the
+        version served by then (resolved again: a swap may have retired this one)."""
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        call = PendingCall(served, request, requested, future, time.perf_counter())
+        call.queued = False
+        spec = served.info.inputs[0]
         trace = request.trace
-        if trace is not None and takes_encoded(spec, request.input.datatype):
-            array = tracing.in_span(
+
+        def decode() -> np.ndarray:
+            if trace is None:
+                return decode_input(request.input, spec, limits)
+            return tracing.in_span(
                 tracing.DECODE_SPAN, trace, lambda: decode_input(request.input, spec, limits)
             )
-        else:
-            array = decode_input(request.input, spec, limits)
-        started = time.monotonic()
-        timeout_s = queue_timeout_s(request)
-        deadline = request.deadline
-        if timeout_s is not None and (deadline is None or started + timeout_s < deadline):
-            deadline = started + timeout_s
-        future, began = _enqueue(served, array, deadline, trace)
-        return PendingCall(served, request, requested, future, began)
+
+        decode_off_loop(decode).add_done_callback(lambda decoded: self._queue(call, decoded))
+        return call
+
+    def _queue(self, call: PendingCall, decoded: asyncio.Future[np.ndarray]) -> None:
+        """Queue a decoded call (or fail it with its decoding's error)."""
+        future = call.future
+        if future.done():  # cancelled while it decoded
+            return
+        try:
+            array = decoded.result()
+            request = call.request
+            served = self.decoded_for(request.model, request.version, call.served)
+            inner, call.began = _enqueue(served, array, _deadline(request), request.trace)
+        except Exception as exc:
+            future.set_exception(exc)
+            return
+        call.served = served
+        call.queued = True
+        request.resolved_version = served.version
+        _chain(inner, future)
 
     async def infer_request(
         self, request: InferenceRequest, limits: RequestLimits

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +21,7 @@ from mnist_serving_proto import classifier_pb2, classifier_pb2_grpc
 from mnist_serving_server.core import tracing
 from mnist_serving_server.core.classifier import PROBABILITIES_OUTPUT, ClassifierContract
 from mnist_serving_server.core.dataplane import DataPlane
+from mnist_serving_server.core.decoding import decode_off_loop
 from mnist_serving_server.core.errors import InvalidInputError
 from mnist_serving_server.core.registry import ServedVersion
 from mnist_serving_server.core.tensors import encoded_image
@@ -191,14 +193,22 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             record.version = served.version
             if record.span is not None:
                 trace = record.trace_call(request.request_id, len(request.images))
-        pixels = classify_pixels(
+        pixels = partial(
+            classify_pixels,
             request,
             contract,
             max_images=self._max_images,
             max_decoded_pixels=self._max_decoded_pixels,
             trace=trace,
         )
-        outputs = await self._dataplane.infer(served, pixels, deadline=deadline, trace=trace)
+        if has_encoded_images(request):  # decoded off the loop, then resolved again
+            decoded = await decode_off_loop(pixels)
+            served = self._dataplane.decoded_for(request.model_name, request.model_version, served)
+            if record is not None:
+                record.version = served.version
+            outputs = await self._dataplane.infer(served, decoded, deadline=deadline, trace=trace)
+        else:
+            outputs = await self._dataplane.infer(served, pixels(), deadline=deadline, trace=trace)
         return classify_response(request, served, outputs)
 
 
@@ -218,7 +228,7 @@ def classify_pixels(
             f"top_k is {request.top_k}; at most {contract.num_classes} (the number of classes)"
         )
     images = request.images
-    if trace is not None and any(image.WhichOneof("data") == "encoded" for image in images):
+    if trace is not None and has_encoded_images(request):
         return tracing.in_span(
             tracing.DECODE_SPAN,
             trace,
@@ -229,6 +239,11 @@ def classify_pixels(
     return request_pixels(
         images, contract, max_images=max_images, max_decoded_pixels=max_decoded_pixels
     )
+
+
+def has_encoded_images(request: classifier_pb2.ClassifyRequest) -> bool:
+    """Whether any image is a PNG/JPEG (decoded on the decoder thread, core.decoding)."""
+    return any(image.WhichOneof("data") == "encoded" for image in request.images)
 
 
 def classify_response(

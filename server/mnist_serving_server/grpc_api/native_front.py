@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,12 +47,14 @@ from mnist_serving_proto import classifier_pb2
 from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_server.core import tracing
 from mnist_serving_server.core.dataplane import DataPlane
+from mnist_serving_server.core.decoding import decode_off_loop
 from mnist_serving_server.core.drain import SHUTTING_DOWN
 from mnist_serving_server.core.inference import (
     InferenceRequest,
     InferenceResponse,
     RequestLimits,
 )
+from mnist_serving_server.core.registry import ServedVersion
 from mnist_serving_server.core.tokens import (
     REASON_UNAUTHENTICATED,
     UNAUTHENTICATED_DETAILS,
@@ -59,7 +62,11 @@ from mnist_serving_server.core.tokens import (
 )
 from mnist_serving_server.grpc_api import v2_tensors
 from mnist_serving_server.grpc_api.call_metrics import PROTOCOL, RequestRecord
-from mnist_serving_server.grpc_api.classifier_servicer import classify_pixels, classify_response
+from mnist_serving_server.grpc_api.classifier_servicer import (
+    classify_pixels,
+    classify_response,
+    has_encoded_images,
+)
 from mnist_serving_server.grpc_api.front import GrpcFront, GrpcStartError, grpc_address
 from mnist_serving_server.grpc_api.grpc_errors import status_for
 from mnist_serving_server.metrics import ServerMetrics
@@ -356,7 +363,8 @@ class NativeFront:
         self, call: _Call, message: classifier_pb2.ClassifyRequest, deadline: float | None
     ) -> None:
         """Queue one Classify call's images (the batcher joins them with the rest of this
-        batch's calls); answered from the queue's callback, or at once when refused."""
+        batch's calls); PNG/JPEG images are decoded off the loop first. Answered from the
+        queue's callback, or at once when refused."""
         record = call.record
         try:
             served, contract = self._dataplane.classifier(message.model_name, message.model_version)
@@ -367,30 +375,63 @@ class NativeFront:
                 if record.span is None
                 else record.trace_call(message.request_id, len(message.images))
             )
-            pixels = classify_pixels(
+            pixels = partial(
+                classify_pixels,
                 message,
                 contract,
                 max_images=self._limits.max_rows,
                 max_decoded_pixels=self._limits.max_decoded_pixels,
                 trace=trace,
             )
-
-            def answer(result: dict[str, Any] | BaseException) -> None:
-                if isinstance(result, BaseException):
-                    self._answer_failure(call, result)
-                    return
-                try:
-                    reply = classify_response(message, served, result).SerializeToString()
-                except Exception as exc:  # answered INTERNAL (logged by status_for)
-                    self._answer_failure(call, exc)
-                    return
-                self._answer_reply(call, reply)
-
-            call.future = self._dataplane.enqueue(
-                served, pixels, deadline=deadline, done=answer, trace=trace
-            )
+            if not has_encoded_images(message):
+                self._queue_classify(call, message, served, pixels(), deadline, trace)
+                return
         except Exception as exc:  # every refusal answered with its status
             self._answer_failure(call, exc)
+            return
+
+        def decoded(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():  # the caller left while its images decoded
+                self._answer_failure(call, asyncio.CancelledError())
+                return
+            try:
+                images = future.result()
+                now_served = self._dataplane.decoded_for(
+                    message.model_name, message.model_version, served
+                )
+                record.version = now_served.version
+                self._queue_classify(call, message, now_served, images, deadline, trace)
+            except Exception as exc:
+                self._answer_failure(call, exc)
+
+        call.future = decode_off_loop(pixels)
+        call.future.add_done_callback(decoded)
+
+    def _queue_classify(
+        self,
+        call: _Call,
+        message: classifier_pb2.ClassifyRequest,
+        served: ServedVersion,
+        pixels: Any,
+        deadline: float | None,
+        trace: Any,
+    ) -> None:
+        """Queue decoded images; `answer` runs once with the outputs or the error."""
+
+        def answer(result: dict[str, Any] | BaseException) -> None:
+            if isinstance(result, BaseException):
+                self._answer_failure(call, result)
+                return
+            try:
+                reply = classify_response(message, served, result).SerializeToString()
+            except Exception as exc:  # answered INTERNAL (logged by status_for)
+                self._answer_failure(call, exc)
+                return
+            self._answer_reply(call, reply)
+
+        call.future = self._dataplane.enqueue(
+            served, pixels, deadline=deadline, done=answer, trace=trace
+        )
 
     def _answer(
         self, call: _Call, request: InferenceRequest, result: InferenceResponse | BaseException
