@@ -22,6 +22,7 @@ from mnist_serving_training.defaults import (
     DEFAULT_ELASTIC_ALPHA,
     DEFAULT_ELASTIC_SIGMA,
     DEFAULT_EPOCHS,
+    DEFAULT_LABEL_SMOOTHING,
     DEFAULT_LEARNING_RATE,
     DEFAULT_LR_SCHEDULE,
     DEFAULT_ROTATION_DEGREES,
@@ -70,6 +71,13 @@ def _scale(text: str) -> float:
     value = _non_negative_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be below 1 (a factor 1 +- scale), got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
     return value
 
 
@@ -126,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=DEFAULT_WEIGHT_DECAY,
         help="AdamW's decoupled weight decay",
+    )
+    parser.add_argument(
+        "--label-smoothing",
+        type=_fraction,
+        default=DEFAULT_LABEL_SMOOTHING,
+        metavar="FRACTION",
+        help="cross-entropy against targets that give this share of the probability to "
+        "the other classes",
     )
     augmentation = parser.add_argument_group(
         "augmentation",
@@ -231,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         weight_decay=args.weight_decay,
         lr_schedule=args.lr_schedule,
+        label_smoothing=args.label_smoothing,
         output_dir=args.output_dir,
         model_name=args.model_name,
         version=args.version,

@@ -20,6 +20,7 @@ from mnist_serving_training.augment import (
 )
 from mnist_serving_training.data import DatasetSplit, load_dataset
 from mnist_serving_training.defaults import (
+    DEFAULT_LABEL_SMOOTHING,
     DEFAULT_LR_SCHEDULE,
     DEFAULT_WEIGHT_DECAY,
     default_augment,
@@ -71,6 +72,7 @@ class TrainingJob:
     augment_config: AugmentConfig = ROBUSTNESS_TRANSFORM
     weight_decay: float = DEFAULT_WEIGHT_DECAY
     lr_schedule: str = DEFAULT_LR_SCHEDULE
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
     # How the job was started, for the report: the command line and, from make, the make command.
     command: str | None = None
     make_command: str | None = None
@@ -150,11 +152,13 @@ def run_job(job: TrainingJob) -> Path:
     )
     epochs, augmentation = resolve_training(job, split.name)
     logger.info(
-        "%d epochs, AdamW lr %g (%s schedule), weight decay %g, batch %d, augmentation %s",
+        "%d epochs, AdamW lr %g (%s schedule), weight decay %g, label smoothing %g, batch %d, "
+        "augmentation %s",
         epochs,
         job.learning_rate,
         job.lr_schedule,
         job.weight_decay,
+        job.label_smoothing,
         job.batch_size,
         "off" if augmentation is None else augmentation.as_dict(),
     )
@@ -167,6 +171,7 @@ def run_job(job: TrainingJob) -> Path:
         augment=augmentation,
         weight_decay=job.weight_decay,
         lr_schedule=job.lr_schedule,
+        label_smoothing=job.label_smoothing,
     )
     result = train(split, config)
     final = _final_evaluation(split, result)
@@ -218,6 +223,7 @@ def run_job(job: TrainingJob) -> Path:
             "learning_rate": job.learning_rate,
             "lr_schedule": job.lr_schedule,
             "weight_decay": job.weight_decay,
+            "label_smoothing": job.label_smoothing,
             "augmentation": None if augmentation is None else augmentation.as_dict(),
             "seed": job.seed,
             "torch_threads": result.threads,

@@ -201,6 +201,7 @@ def write_int8_version(
                 "learning_rate",
                 "lr_schedule",
                 "weight_decay",
+                "label_smoothing",
                 "augmentation",
                 "seed",
                 "history",

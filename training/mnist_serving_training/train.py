@@ -52,6 +52,7 @@ class TrainConfig:
     # None: train on the images as they are.
     augment: AugmentConfig | None = None
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0
     lr_schedule: str = LR_SCHEDULE_CONSTANT
 
 
@@ -143,7 +144,7 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     # The shuffle order and the augmentation have their own generators, so they depend on
     # the seed alone.
     order_generator = torch.Generator().manual_seed(config.seed)

@@ -40,8 +40,9 @@ AUGMENTATION_FLAGS = (
     "--elastic-sigma",
     "--lr-schedule",
     "--weight-decay",
+    "--label-smoothing",
 )
-NO_MOVE = AugmentConfig(rotation_degrees=0.0, translate_pixels=0.0, scale=0.0)
+NO_MOVE = AugmentConfig(rotation_degrees=0.0, translate_pixels=0.0, scale=0.0, elastic_alpha=0.0)
 
 
 def _generator(seed: int = SEED) -> torch.Generator:
@@ -82,7 +83,7 @@ def test_same_seed_same_transforms_other_seed_others(mnist_sample: DatasetSplit)
 
 def test_translation_moves_the_ink_by_at_most_the_range(mnist_sample: DatasetSplit) -> None:
     digits = _digits(mnist_sample)
-    config = AugmentConfig(rotation_degrees=0.0, translate_pixels=3.0, scale=0.0)
+    config = AugmentConfig(rotation_degrees=0.0, translate_pixels=3.0, scale=0.0, elastic_alpha=0.0)
     shift = (_centre_of_mass(augment(digits, config, _generator())) - _centre_of_mass(digits)).abs()
     # MNIST digits sit well inside the 28x28 frame, so a 3-pixel shift loses no ink.
     assert float(shift.max()) <= 3.0 + 1e-3
@@ -90,7 +91,9 @@ def test_translation_moves_the_ink_by_at_most_the_range(mnist_sample: DatasetSpl
 
 
 def test_matrices_rotate_and_scale_within_the_ranges() -> None:
-    config = AugmentConfig(rotation_degrees=15.0, translate_pixels=0.0, scale=0.15)
+    config = AugmentConfig(
+        rotation_degrees=15.0, translate_pixels=0.0, scale=0.15, elastic_alpha=0.0
+    )
     theta = random_affine_matrices(1_000, SIDE, config, _generator())
     linear = theta[:, :, :2]
     # The grid's matrix is R^T / s: its determinant is 1 / s^2, its angle -a.
@@ -144,6 +147,7 @@ def test_augmented_training_is_reproducible(small_split: DatasetSplit) -> None:
         augment=ROBUSTNESS_TRANSFORM,
         weight_decay=1e-4,
         lr_schedule="onecycle",
+        label_smoothing=0.1,
     )
     first = train(small_split, config, threads=1)
     again = train(small_split, config, threads=1)

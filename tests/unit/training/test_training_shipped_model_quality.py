@@ -5,23 +5,34 @@ The held-out digits as they are (>= 98.5%), and the same digits each randomly ro
 as people draw them on the page or show them to a camera. The moved digits are made here with
 Pillow and numpy's generator, independently of the training code's augmentation, with a fixed
 seed; the model is run by ONNX Runtime as the server runs it. Also: the example digits that
-ship with the client are classified as what they show.
+ship with the client are classified as what they show, and the shipped files name nothing of
+the machine that trained them.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
+from mnist_serving_training.export import MACHINE_SPECIFIC_NODE_METADATA
 from mnist_serving_training.inference import create_session, predict_probabilities
+from mnist_serving_training.report import REPORT_FILENAME
 from mnist_serving_training.repository import MODEL_FILENAME
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-SHIPPED_MODEL = REPO_ROOT / "model_repository" / "mnist" / "1" / MODEL_FILENAME
+SHIPPED_DIR = REPO_ROOT / "model_repository" / "mnist" / "1"
+SHIPPED_MODEL = SHIPPED_DIR / MODEL_FILENAME
+SHIPPED_FEATURES_MODEL = REPO_ROOT / "model_repository" / "mnist_features" / "1" / MODEL_FILENAME
+# An absolute POSIX path or a Windows drive path, anywhere in a string.
+ABSOLUTE_PATH = re.compile(r"(^|[\s'\"=(])(/[A-Za-z0-9_.-]+/|[A-Za-z]:\\)")
 EXAMPLE_DIGITS = REPO_ROOT / "client" / "examples" / "digits"
 
 MIN_HELD_OUT_ACCURACY = 0.985
@@ -131,3 +142,27 @@ def test_the_shipped_model_classifies_the_client_example_digits() -> None:
     )
     probabilities = predict_probabilities(create_session(SHIPPED_MODEL), images)
     assert probabilities.argmax(axis=1).tolist() == list(range(DIGIT_COUNT))
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
+def test_the_shipped_files_name_no_path_of_the_training_machine() -> None:
+    report = json.loads((SHIPPED_DIR / REPORT_FILENAME).read_text())
+    assert report["model_path"] == "mnist/1/model.onnx"
+    assert [text for text in _strings(report) if ABSOLUTE_PATH.search(text)] == []
+    for path in (SHIPPED_MODEL, SHIPPED_FEATURES_MODEL):
+        assert str(REPO_ROOT).encode() not in path.read_bytes()
+        model = onnx.load(str(path))
+        keys = {prop.key for node in model.graph.node for prop in node.metadata_props}
+        assert not keys & set(MACHINE_SPECIFIC_NODE_METADATA)
+        texts = [prop.value for node in model.graph.node for prop in node.metadata_props]
+        texts += [prop.value for prop in model.metadata_props]
+        assert [text for text in texts if ABSOLUTE_PATH.search(text)] == []
