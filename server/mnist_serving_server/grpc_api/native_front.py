@@ -193,6 +193,11 @@ class NativeFront:
         return self._fallback.token_auth
 
     @property
+    def header_auth(self) -> bool:
+        """Whether pygrpc-native checks tokens at the headers (`receive_bounded`)."""
+        return self._native_tokens is not None
+
+    @property
     def serving(self) -> bool:
         return self._front is not None
 
@@ -244,7 +249,7 @@ class NativeFront:
         methods = counters.get("methods", {})
         for path, name, _message in NATIVE_METHODS:
             self._add_refused(path, name, methods.get(path, {}))
-        self._add_refused("", "", counters.get("other", {}))  # forwarded: counted as refused
+        self._add_refused("", "", methods.get("other", {}))  # forwarded: counted as refused
 
     def _add_refused(self, key: str, method: str, counters: dict[str, Any]) -> None:
         refused = int(counters.get("status", {}).get(_UNAUTHENTICATED, {}).get("count", 0))
