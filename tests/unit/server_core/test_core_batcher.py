@@ -387,7 +387,7 @@ async def test_crashed_loop_fails_pending_and_reports_failure(model: GatedModel)
     def broken_collect() -> Any:
         raise bug
 
-    batcher._collect_batch = broken_collect  # type: ignore[method-assign]
+    batcher._collect_batch = broken_collect
     model.gate.set()
     await gate_task  # the batch in flight was settled before the loop broke
     for task in pending:
@@ -409,7 +409,7 @@ async def test_crash_while_settling_fails_the_unsettled_callers(model: GatedMode
     tasks = [asyncio.create_task(batcher.submit(images(1, seed=seed))) for seed in range(2)]
     await until_queued(batcher, 2)
 
-    settle = batcher._settle
+    settle = batcher._runner._settle
     settled_batches = 0
 
     def settle_then_break(*args: Any) -> None:
@@ -419,7 +419,7 @@ async def test_crash_while_settling_fails_the_unsettled_callers(model: GatedMode
             raise RuntimeError("bug while settling")
         settle(*args)
 
-    batcher._settle = settle_then_break  # type: ignore[method-assign,assignment]
+    batcher._runner._settle = settle_then_break  # type: ignore[method-assign,assignment]
     model.gate.set()
     await gate_task
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
