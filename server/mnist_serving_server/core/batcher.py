@@ -360,11 +360,9 @@ class DynamicBatcher:
         clock: Clock = time.monotonic,
         trace_attributes: tracing.Attributes | None = None,
     ) -> None:
-        """`clock`: seconds, never going backwards; deadlines given to `submit` are its values.
-
-        It is read from the event loop and from the worker thread (compute time).
-        `trace_attributes`: what each batch span carries (the model version's name, version
-        and provider: tracing.batch_attributes) besides the batch's own numbers.
+        """`clock`: seconds, never going backwards (read from the event loop and the worker
+        thread); deadlines given to `submit` are its values. `trace_attributes`: what each
+        batch span carries besides the batch's own numbers (tracing.batch_attributes).
         """
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
