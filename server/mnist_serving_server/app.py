@@ -90,6 +90,7 @@ def registry_options(config: ServerConfig) -> RegistryOptions:
         retire_timeout_s=config.grace_period_s,
         load_timeout_s=config.model_load_timeout_s,
         batch_latency_target_s=config.batch_latency_target_s,
+        monitoring_window=config.drift_window,
     )
 
 

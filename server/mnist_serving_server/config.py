@@ -36,6 +36,7 @@ from mnist_serving_server.core.batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MA
 from mnist_serving_server.core.cores import available_cores
 from mnist_serving_server.core.dataplane import ModelControlMode
 from mnist_serving_server.core.images import DEFAULT_MAX_DECODED_PIXELS
+from mnist_serving_server.core.monitoring import DEFAULT_WINDOW as DEFAULT_DRIFT_WINDOW
 from mnist_serving_server.core.registry import DEFAULT_LOAD_TIMEOUT_S
 
 ENV_PREFIX = "MNIST_SERVING_"
@@ -208,6 +209,15 @@ class ServerConfig(BaseSettings):
             "quarter of the target. Replaces --max-queue-delay-ms (and config.pbtxt's "
             "delay). Less CPU per request under load, not a lower p99 "
             "(docs/performance.md). 0 = off."
+        ),
+    )
+    drift_window: int = Field(
+        DEFAULT_DRIFT_WINDOW,
+        ge=0,
+        description=(
+            "Images in each classifier version's drift window: the PSI of the last this many "
+            "images against the version's reference profile (per worker; docs/operations.md). "
+            "0 turns prediction monitoring off (no predictions, confidence or drift metrics)."
         ),
     )
     max_queue_size: int = Field(

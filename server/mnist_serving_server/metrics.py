@@ -9,9 +9,10 @@ with empty model and version).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from mnist_serving_server.core.batcher import (
@@ -21,6 +22,7 @@ from mnist_serving_server.core.batcher import (
     REASON_DEADLINE,
     REASON_QUEUE_FULL,
 )
+from mnist_serving_server.core.monitoring import CONFIDENCE_BUCKETS, classifier_classes
 from mnist_serving_server.core.registry import ModelState
 from mnist_serving_server.core.runtime import ModelInfo
 
@@ -52,6 +54,9 @@ LATENCY_BUCKETS_S = (
 # alive (each worker has a queue of its own), the model info gauge is the same 1 in each.
 GAUGE_SUM_OF_LIVE_WORKERS: Final = "livesum"
 GAUGE_SAME_IN_EVERY_WORKER: Final = "livemax"
+# Drift: each worker keeps its own window; /metrics shows the largest PSI of the live
+# workers (the worst window), one series per model version and signal.
+GAUGE_MAX_OF_LIVE_WORKERS: Final = "livemax"
 
 MODEL_STATES: Final = tuple(state.value for state in ModelState)
 READY_STATE: Final = ModelState.READY.value
@@ -74,16 +79,39 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 
 class VersionObserver:
-    """One model version's batch metrics (a BatcherObserver): children looked up once."""
+    """One model version's batch metrics (a BatcherObserver, and a MonitoringObserver:
+    core/monitoring.py): children looked up once."""
 
-    __slots__ = ("_batch_compute", "_batch_size", "_metrics", "_queue_depth", "_queue_wait")
+    __slots__ = (
+        "_batch_compute",
+        "_batch_size",
+        "_confidence",
+        "_metrics",
+        "_model",
+        "_predictions",
+        "_queue_depth",
+        "_queue_wait",
+        "_version",
+    )
 
-    def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
+    def __init__(
+        self, metrics: ServerMetrics, model: str, version: str, labels: Sequence[str] = ()
+    ) -> None:
         self._metrics = metrics
+        self._model = model
+        self._version = version
         self._queue_wait = metrics.queue_wait.labels(model=model, version=version)
         self._batch_compute = metrics.batch_compute.labels(model=model, version=version)
         self._batch_size = metrics.batch_size.labels(model=model, version=version)
         self._queue_depth = metrics.queue_depth.labels(model=model, version=version)
+        # Classifiers only (labels given): one counter child per class, in class order.
+        self._predictions = [
+            metrics.predictions.labels(model=model, version=version, label=label)
+            for label in labels
+        ]
+        self._confidence = (
+            metrics.prediction_confidence.labels(model=model, version=version) if labels else None
+        )
 
     def on_queue_depth(self, images: int) -> None:
         self._queue_depth.set(images)
@@ -96,6 +124,31 @@ class VersionObserver:
 
     def on_rejected(self, reason: str) -> None:
         self._metrics.on_rejected(reason)
+
+    def on_predictions(
+        self, label_counts: np.ndarray, confidence_buckets: np.ndarray, confidence_sum: float
+    ) -> None:
+        predictions = self._predictions
+        for index in np.flatnonzero(label_counts).tolist():
+            predictions[index].inc(int(label_counts[index]))
+        histogram = self._confidence
+        if histogram is not None:
+            # A whole batch at once (Histogram.observe takes one value): the per-bucket
+            # counts Histogram.observe would have added, and the sum.
+            buckets = histogram._buckets
+            for index in np.flatnonzero(confidence_buckets).tolist():
+                buckets[index].inc(int(confidence_buckets[index]))
+            histogram._sum.inc(confidence_sum)
+
+    def on_drift(self, psi: Mapping[str, float]) -> None:
+        drift = self._metrics.drift_psi
+        for signal, value in psi.items():
+            drift.labels(model=self._model, version=self._version, signal=signal).set(value)
+
+    def on_shadow(self, shadow_version: str, outcome: str, images: int) -> None:
+        self._metrics.shadow_images.labels(
+            model=self._model, version=self._version, shadow_version=shadow_version, outcome=outcome
+        ).inc(images)
 
 
 class ServerMetrics:
@@ -192,12 +245,42 @@ class ServerMetrics:
             registry=registry,
             multiprocess_mode=GAUGE_SAME_IN_EVERY_WORKER,
         )
+        self.predictions = Counter(
+            f"{PREFIX}_predictions",
+            "Images answered by a classifier version, by top-1 label.",
+            ["model", "version", "label"],
+            registry=registry,
+        )
+        self.prediction_confidence = Histogram(
+            f"{PREFIX}_prediction_confidence",
+            "Top-1 probability of each image a classifier version answered.",
+            version_labels,
+            buckets=CONFIDENCE_BUCKETS,
+            registry=registry,
+        )
+        self.drift_psi = Gauge(
+            f"{PREFIX}_drift_psi",
+            "Population stability index of the last window of images against the version's "
+            "reference profile, by signal (label, confidence, input); absent until the "
+            "window is full or without a reference.",
+            ["model", "version", "signal"],
+            registry=registry,
+            multiprocess_mode=GAUGE_MAX_OF_LIVE_WORKERS,
+        )
+        self.shadow_images = Counter(
+            f"{PREFIX}_shadow_images",
+            "Images of a serving version copied to its shadow version, by outcome (agree, "
+            "disagree: top-1 labels compared; dropped: the shadow's queue was full).",
+            ["model", "version", "shadow_version", "outcome"],
+            registry=registry,
+        )
         self._request_children: dict[tuple[str, str, str, str, str], tuple[Any, Any]] = {}
 
     def version_observer(self, info: ModelInfo) -> VersionObserver:
         """The batch metrics of one model version (its queue capacity is set here)."""
         self.queue_capacity.labels(model=info.name, version=info.version).set(self._max_queue_size)
-        return VersionObserver(self, info.name, info.version)
+        labels = info.labels if classifier_classes(info) else ()
+        return VersionObserver(self, info.name, info.version, labels)
 
     def on_rejected(self, reason: str) -> None:
         self.rejections.labels(reason=reason).inc()

@@ -241,11 +241,14 @@ class _BatchRunner:
         clock: Clock,
         observer: BatcherObserver | None,
         trace_attributes: tracing.Attributes | None,
+        on_outputs: Callable[[np.ndarray, Mapping[str, np.ndarray]], None] | None,
     ) -> None:
         self._run_batch = run_batch
         self._clock = clock
         self._observer = observer
         self._trace_attributes = dict(trace_attributes or {})
+        # Each batch's inputs and outputs once its callers are answered (core/shadow.py).
+        self._on_outputs = on_outputs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         # The batch being computed, so that a dying loop can fail its callers too.
@@ -302,6 +305,11 @@ class _BatchRunner:
             if span is not None:
                 span.end()
         self.in_flight = []
+        if self._on_outputs is not None:
+            try:
+                self._on_outputs(batch, outputs)
+            except Exception:
+                logger.exception("batch outputs hook failed")
         if self._observer is not None:
             waits = [started - piece.request.enqueued_at for piece in slices]
             try:
@@ -359,10 +367,12 @@ class DynamicBatcher:
         on_failure: Callable[[BaseException], None] | None = None,
         clock: Clock = time.monotonic,
         trace_attributes: tracing.Attributes | None = None,
+        on_outputs: Callable[[np.ndarray, Mapping[str, np.ndarray]], None] | None = None,
     ) -> None:
         """`clock`: seconds, never going backwards (read from the event loop and the worker
         thread); deadlines given to `submit` are its values. `trace_attributes`: what each
         batch span carries besides the batch's own numbers (tracing.batch_attributes).
+        `on_outputs`: given each batch's inputs and outputs once its callers are answered.
         """
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -376,7 +386,7 @@ class DynamicBatcher:
         # The queue's own methods, bound once (no call more per request or per batch).
         self.check_room: Callable[[int], None] = self._queue.check_room
         self._collect_batch: Callable[[], tuple[list[_Slice], int]] = self._queue.collect
-        self._runner = _BatchRunner(run_batch, clock, observer, trace_attributes)
+        self._runner = _BatchRunner(run_batch, clock, observer, trace_attributes, on_outputs)
         self._on_failure = on_failure
         self._running = False
         self._stopping = False

@@ -7,7 +7,8 @@ graph at load), `version_policy` (latest N, all, specific),
 `dynamic_batching { max_queue_delay_microseconds }` and the CUDA provider's options as
 Triton's ONNX Runtime backend reads them, `parameters { key: "cudnn_conv_algo_search"
 value: { string_value: "1" } }` (CUDA_OPTIONS: also gpu_mem_limit, arena_extend_strategy,
-do_copy_in_default_stream, cudnn_conv_use_max_workspace, device_id). Absent, a model gets
+do_copy_in_default_stream, cudnn_conv_use_max_workspace, device_id) and `shadow_version`
+(core/shadow.py). Absent, a model gets
 the server's flags and the default policy, the latest version.
 """
 
@@ -24,6 +25,7 @@ from mnist_serving_proto import model_config_pb2
 from mnist_serving_server.core.errors import ModelLoadError
 
 CONFIG_FILE_NAME: Final = "config.pbtxt"
+SHADOW_VERSION_PARAMETER: Final = "shadow_version"
 PLATFORM: Final = "onnxruntime_onnx"
 """Triton's platform name for ONNX models run by ONNX Runtime."""
 BACKEND: Final = "onnxruntime"
@@ -123,6 +125,9 @@ class ModelConfig:
     cuda_options: tuple[tuple[str, str], ...] = ()
     """CUDA provider options from `parameters` (CUDA_OPTIONS), as ONNX Runtime takes them,
     sorted by name; applied when the model runs on CUDA."""
+    shadow_version: str = ""
+    """`parameters { key: "shadow_version" ... }`: the loaded version that gets a copy of
+    every image the serving version answers (core/shadow.py); "" = none."""
 
     @property
     def cuda_provider_options(self) -> dict[str, str]:
@@ -202,7 +207,20 @@ def _from_message(
         outputs=_tensors(message.output) if len(message.output) else None,
         from_file=True,
         cuda_options=_cuda_options(message, path),
+        shadow_version=_shadow_version(message, path),
     )
+
+
+def _shadow_version(message: model_config_pb2.ModelConfig, path: Path) -> str:
+    if SHADOW_VERSION_PARAMETER not in message.parameters:
+        return ""
+    raw = message.parameters[SHADOW_VERSION_PARAMETER].string_value.strip()
+    if not raw.isdigit():
+        raise ModelLoadError(
+            f"{path}: parameters {SHADOW_VERSION_PARAMETER!r} is {raw!r}; it names a version "
+            "folder of the model (an integer)"
+        )
+    return str(int(raw))
 
 
 def _cuda_options(message: model_config_pb2.ModelConfig, path: Path) -> tuple[tuple[str, str], ...]:

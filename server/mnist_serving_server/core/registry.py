@@ -35,6 +35,7 @@ from mnist_serving_server.core.errors import (
     ModelNotFoundError,
 )
 from mnist_serving_server.core.model_config import CONFIG_FILE_NAME, ModelConfig, read_model_config
+from mnist_serving_server.core.monitoring import DEFAULT_WINDOW
 from mnist_serving_server.core.repository import (
     MODEL_FILE_NAME,
     is_version_name,
@@ -42,6 +43,7 @@ from mnist_serving_server.core.repository import (
     model_names,
 )
 from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
+from mnist_serving_server.core.shadow import SHADOW_QUEUE_BATCHES, BatchTap, ShadowLink
 from mnist_serving_server.core.statistics import VersionStatistics
 from mnist_serving_server.core.version_factory import (
     ObserverFactory,
@@ -97,6 +99,9 @@ class RegistryOptions:
     """How long one version's load may take; then it fails and the old versions keep serving.
     (The thread stuck in ONNX Runtime cannot be stopped: it ends on its own, or never, and
     its session is dropped.)"""
+    monitoring_window: int = DEFAULT_WINDOW
+    """Images in each classifier version's drift window (core/monitoring.py); 0 = no
+    prediction monitoring at all."""
 
 
 # (model, version, state, info or None) -> None: metrics follow the states.
@@ -117,6 +122,7 @@ class ServedVersion:
         "output_names",
         "runtime",
         "statistics",
+        "tap",
         "version",
     )
 
@@ -127,8 +133,10 @@ class ServedVersion:
         config: ModelConfig,
         statistics: VersionStatistics,
         file_key: tuple[int, ...],
+        tap: BatchTap | None = None,
     ) -> None:
         self.runtime = runtime
+        self.tap = tap
         self.batcher = batcher
         self.config = config
         self.statistics = statistics
@@ -155,6 +163,8 @@ class _Model:
         self.latest: ServedVersion | None = None
         self.reason = UNLOADED_REASON
         self.failed_versions: dict[str, str] = {}
+        self.shadow_problem = ""
+        """Why the last load failed on its shadow_version while older versions serve."""
         self.loading = False
         self.fingerprint: object = None
         self.lock = asyncio.Lock()
@@ -162,12 +172,16 @@ class _Model:
     def index_entries(self) -> list[IndexEntry]:
         """Its rows of the repository index: served versions, failed ones, or the model."""
         entries: list[IndexEntry] = []
+        shadow = "" if self.config is None else self.config.shadow_version
         for version in sorted(self.versions, key=int):
             ready = self.versions[version].ready
             state = ModelState.READY if ready else ModelState.UNAVAILABLE
-            entries.append(
-                IndexEntry(self.name, version, state, "" if ready else "batch loop stopped")
-            )
+            reason = "" if ready else "batch loop stopped"
+            if version == shadow and self.latest is not None:
+                reason = f"shadow of version {self.latest.version}" + (reason and f"; {reason}")
+            entries.append(IndexEntry(self.name, version, state, reason))
+        if self.shadow_problem and self.versions:
+            entries.append(IndexEntry(self.name, "", ModelState.UNAVAILABLE, self.shadow_problem))
         for version, reason in sorted(self.failed_versions.items()):
             if version not in self.versions:
                 entries.append(IndexEntry(self.name, version, ModelState.UNAVAILABLE, reason))
@@ -203,6 +217,7 @@ class ModelRegistry:
                 load_timeout_s=options.load_timeout_s,
                 batch_latency_target_s=options.batch_latency_target_s,
                 observer_for=observer_for,
+                monitoring_window=options.monitoring_window,
             )
         self._loader = _VersionLoader(repository, options, factory, on_state)
         self._models: dict[str, _Model] = {}
@@ -375,6 +390,8 @@ class ModelRegistry:
             keeps = " (the versions already served keep serving)" if model.versions else ""
             if not model.versions:
                 model.reason = str(exc)
+            elif isinstance(exc, ShadowConfigError):
+                model.shadow_problem = f"failed to load: {exc}"
             logger.error("model %s failed to load%s: %s", model.name, keeps, exc)
             raise FailedPreconditionError(
                 f"failed to load model {model.name!r}{keeps}: {exc}"
@@ -385,8 +402,9 @@ class ModelRegistry:
         # The swap: from here on every new request resolves to the chosen versions.
         model.config = config
         model.versions = chosen
-        model.latest = chosen[max(chosen, key=int)]
+        model.latest = self._loader.link_shadow(config, chosen, retired)
         model.failed_versions = {}
+        model.shadow_problem = ""
         model.reason = ""
         for served in fresh:
             self._loader.notify(model.name, served.version, ModelState.READY, served.info)
@@ -443,6 +461,17 @@ class _VersionLoader:
                 f"{available or 'none'} holding {MODEL_FILE_NAME}, policy "
                 f"{config.version_policy.describe()}"
             )
+        shadow = config.shadow_version
+        if shadow and int(shadow) not in wanted:
+            raise ShadowConfigError(
+                f"shadow_version {shadow!r} is not a version the policy "
+                f"({config.version_policy.describe()}) loads: {', '.join(map(str, wanted))}"
+            )
+        if shadow and len(wanted) == 1:
+            raise ShadowConfigError(
+                f"shadow_version {shadow!r} would leave no serving version: the policy "
+                f"({config.version_policy.describe()}) loads only it"
+            )
         fresh: list[ServedVersion] = []
         chosen: dict[str, ServedVersion] = {}
         try:
@@ -473,7 +502,32 @@ class _VersionLoader:
             self._batcher_failed(name, version, exc)
 
         parts = await self._factory.build(path, name, version, config, on_failure=failed)
-        return ServedVersion(parts.runtime, parts.batcher, config, parts.statistics, key)
+        return ServedVersion(parts.runtime, parts.batcher, config, parts.statistics, key, parts.tap)
+
+    def link_shadow(
+        self, config: ModelConfig, chosen: dict[str, ServedVersion], retired: list[ServedVersion]
+    ) -> ServedVersion:
+        """The serving version (the highest that is not the shadow), its batches linked to
+        the shadow's batcher when config.pbtxt names one; every other link cut."""
+        shadow = chosen.get(config.shadow_version) if config.shadow_version else None
+        serving = chosen[max((v for v in chosen if v != config.shadow_version), key=int)]
+        for served in (*chosen.values(), *retired):
+            if served.tap is not None:
+                served.tap.shadow = None
+        if shadow is not None and serving.tap is not None:
+            limit = min(
+                SHADOW_QUEUE_BATCHES * shadow.batcher.max_batch_size, self._options.max_queue_size
+            )
+            serving.tap.shadow = ShadowLink(
+                shadow.version, shadow.batcher, serving.tap.observer, limit
+            )
+            logger.info(
+                "model %s: version %s is the shadow of version %s",
+                serving.name,
+                shadow.version,
+                serving.version,
+            )
+        return serving
 
     async def retire(self, served: ServedVersion) -> None:
         """Let `served` finish what it accepted (within the retire timeout), then stop it."""
@@ -500,6 +554,10 @@ class _VersionLoader:
     def _batcher_failed(self, name: str, version: str, exc: BaseException) -> None:
         logger.error("model %s version %s: batch loop died", name, version, exc_info=exc)
         self.notify(name, version, ModelState.UNAVAILABLE, None)
+
+
+class ShadowConfigError(ModelLoadError):
+    """config.pbtxt's shadow_version cannot be served (the index shows why)."""
 
 
 def choose_default_model(repository: Path, wanted: str | None) -> str:

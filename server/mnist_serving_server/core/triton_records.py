@@ -14,6 +14,7 @@ from mnist_serving_server.core.model_config import (
     BACKEND,
     MICROSECONDS_PER_SECOND,
     PLATFORM,
+    SHADOW_VERSION_PARAMETER,
     ModelConfig,
     VersionPolicy,
     triton_type_name,
@@ -49,13 +50,17 @@ def model_config_record(config: ModelConfig, info: ModelInfo) -> Record:
             }
         ],
         "default_model_filename": MODEL_FILE_NAME,
-        # The CUDA provider's options from config.pbtxt, as ONNX Runtime takes them.
-        **(
-            {"parameters": {key: {"string_value": value} for key, value in config.cuda_options}}
-            if config.cuda_options
-            else {}
-        ),
+        # The CUDA provider's options from config.pbtxt, as ONNX Runtime takes them, and
+        # the shadow version (core/shadow.py).
+        **({"parameters": _parameters(config)} if _parameters(config) else {}),
     }
+
+
+def _parameters(config: ModelConfig) -> Record:
+    parameters: Record = {key: {"string_value": value} for key, value in config.cuda_options}
+    if config.shadow_version:
+        parameters[SHADOW_VERSION_PARAMETER] = {"string_value": config.shadow_version}
+    return parameters
 
 
 def _tensor(spec: TensorSpec) -> Record:

@@ -21,7 +21,14 @@ from mnist_serving_server.core.batcher import BatcherObserver, DynamicBatcher
 from mnist_serving_server.core.errors import ModelLoadError
 from mnist_serving_server.core.graph_checks import check_contract
 from mnist_serving_server.core.model_config import ModelConfig
+from mnist_serving_server.core.monitoring import (
+    DEFAULT_WINDOW,
+    PROFILE_FILE_NAME,
+    MonitoringObserver,
+    monitor_for,
+)
 from mnist_serving_server.core.runtime import ModelInfo, ModelRuntime
+from mnist_serving_server.core.shadow import BatchTap
 from mnist_serving_server.core.statistics import StatisticsObserver, VersionStatistics
 from mnist_serving_server.core.tracing import batch_attributes
 
@@ -37,6 +44,8 @@ class VersionParts:
     runtime: ModelRuntime
     batcher: DynamicBatcher
     statistics: VersionStatistics
+    tap: BatchTap | None = None
+    """What its batcher calls with each batch's outputs: monitoring and the shadow link."""
 
 
 class VersionFactory(Protocol):
@@ -71,6 +80,7 @@ class OnnxVersionFactory:
         load_timeout_s: float,
         batch_latency_target_s: float = 0.0,
         observer_for: ObserverFactory | None = None,
+        monitoring_window: int = DEFAULT_WINDOW,
     ) -> None:
         self._provider = provider
         self._intra_op_threads = intra_op_threads
@@ -78,6 +88,7 @@ class OnnxVersionFactory:
         self._load_timeout_s = load_timeout_s
         self._batch_latency_target_s = batch_latency_target_s
         self._observer_for = observer_for
+        self._monitoring_window = monitoring_window
 
     async def build(
         self,
@@ -91,6 +102,15 @@ class OnnxVersionFactory:
         runtime = await self._load(path, name, version, config)
         statistics = VersionStatistics()
         forward = None if self._observer_for is None else self._observer_for(runtime.info)
+        # A classifier's predictions and drift (core/monitoring.py), when the observer
+        # takes them; `monitoring_window` 0 turns them off.
+        candidate: object = forward
+        watcher = candidate if isinstance(candidate, MonitoringObserver) else None
+        monitor = None
+        if watcher is not None:
+            profile = path.parent / PROFILE_FILE_NAME
+            monitor = monitor_for(runtime.info, watcher, profile, self._monitoring_window)
+        tap = BatchTap(monitor, watcher)
         batcher = DynamicBatcher(
             runtime.run,
             max_batch_size=config.max_batch_size,
@@ -100,9 +120,10 @@ class OnnxVersionFactory:
             observer=StatisticsObserver(statistics, forward),
             on_failure=on_failure,
             trace_attributes=batch_attributes(runtime.info),
+            on_outputs=tap,
         )
         await batcher.start()
-        return VersionParts(runtime, batcher, statistics)
+        return VersionParts(runtime, batcher, statistics, tap)
 
     async def _load(self, path: Path, name: str, version: str, config: ModelConfig) -> ModelRuntime:
         """The session, checked and warm, within the load timeout.

@@ -37,6 +37,8 @@ REQUIRED_ALERTS = {
     "MnistServingTargetDown",
     "MnistServingNoInstanceUp",
     "MnistServingNoReadyPods",
+    "MnistServingModelDrift",
+    "MnistServingConfidenceDrop",
 }
 
 

@@ -1,0 +1,124 @@
+"""A shadow version: a copy of every image the serving version answers, compared, never
+answered.
+
+A model's config.pbtxt names it (`parameters { key: "shadow_version" value: {
+string_value: "2" } }`, core/model_config.py); the registry checks that the policy loads it
+and that another version is left to serve, keeps it out of the "latest" a request without
+a version gets, and links the serving version's batches to it (`BatchTap.shadow`) after
+every load.
+
+`BatchTap` is what the batcher calls once per ONNX Runtime batch, after the batch's
+callers have their answers (core/batcher.py `on_outputs`): the version's monitor
+(core/monitoring.py), then, for the serving version, `ShadowLink.forward`: the batch's
+images copied and queued on the shadow's own batcher, unless the images already waiting
+for the shadow would pass `limit` (then the copy is dropped: never a refusal, a wait or a
+failure for the primary). When the shadow's batch is done its top-1 labels are compared
+with the primary's (vectorised) and counted: `agree`, `disagree`, or `dropped` (queue
+over the limit, the shadow stopped or failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+import numpy as np
+
+from mnist_serving_server.core.batcher import DynamicBatcher, Outputs
+from mnist_serving_server.core.classifier import PROBABILITIES_OUTPUT
+from mnist_serving_server.core.errors import ServingError
+from mnist_serving_server.core.model_config import (
+    SHADOW_VERSION_PARAMETER as SHADOW_VERSION_PARAMETER,
+)
+from mnist_serving_server.core.monitoring import MonitoringObserver, VersionMonitor
+
+logger = logging.getLogger(__name__)
+
+SHADOW_QUEUE_BATCHES: Final = 4
+"""Images waiting for the shadow: at most this many of its full batches (and never more
+than its queue holds), beyond which copies are dropped."""
+AGREE: Final = "agree"
+DISAGREE: Final = "disagree"
+DROPPED: Final = "dropped"
+OUTCOMES: Final = (AGREE, DISAGREE, DROPPED)
+
+
+class ShadowLink:
+    """The serving version's link to its shadow version's batcher."""
+
+    __slots__ = ("_batcher", "_limit", "_observer", "pending", "version")
+
+    def __init__(
+        self,
+        version: str,
+        batcher: DynamicBatcher,
+        observer: MonitoringObserver | None,
+        limit: int,
+    ) -> None:
+        self.version = version
+        self._batcher = batcher
+        self._observer = observer
+        self._limit = max(1, limit)
+        self.pending = 0
+        """Images handed to the shadow and not yet answered."""
+
+    def forward(self, pixels: np.ndarray, top: np.ndarray) -> None:
+        """Queue a copy of `pixels` (whose primary top-1 labels are `top`) on the shadow."""
+        rows = len(top)
+        if self.pending + rows > self._limit or not self._batcher.running:
+            self._count(DROPPED, rows)
+            return
+        try:
+            future = self._batcher.enqueue(np.array(pixels, copy=True))
+        except ServingError:
+            self._count(DROPPED, rows)
+            return
+        self.pending += rows
+        future.add_done_callback(lambda done: self._compare(done, top))
+
+    def _compare(self, done: asyncio.Future[Outputs], top: np.ndarray) -> None:
+        rows = len(top)
+        self.pending -= rows
+        if done.cancelled() or done.exception() is not None:
+            self._count(DROPPED, rows)
+            return
+        probabilities = done.result().get(PROBABILITIES_OUTPUT)
+        if probabilities is None or probabilities.ndim != 2:
+            self._count(DROPPED, rows)
+            return
+        agree = int(np.count_nonzero(probabilities.argmax(axis=1) == top))
+        self._count(AGREE, agree)
+        self._count(DISAGREE, rows - agree)
+
+    def _count(self, outcome: str, images: int) -> None:
+        if images and self._observer is not None:
+            try:
+                self._observer.on_shadow(self.version, outcome, images)
+            except Exception:
+                logger.exception("shadow observer failed")
+
+
+class BatchTap:
+    """What one version's batcher calls with each batch's inputs and outputs."""
+
+    __slots__ = ("monitor", "observer", "shadow")
+
+    def __init__(self, monitor: VersionMonitor | None, observer: MonitoringObserver | None) -> None:
+        self.monitor = monitor
+        self.observer = observer
+        self.shadow: ShadowLink | None = None
+        """Set by the registry on the model's serving version while it has a shadow."""
+
+    def __call__(self, pixels: np.ndarray, outputs: Mapping[str, np.ndarray]) -> None:
+        shadow = self.shadow
+        monitor = self.monitor
+        if monitor is None and shadow is None:
+            return
+        probabilities = outputs.get(PROBABILITIES_OUTPUT)
+        if probabilities is None or probabilities.ndim != 2:
+            return
+        top = None if monitor is None else monitor.observe(pixels, probabilities)
+        if shadow is not None:
+            shadow.forward(pixels, probabilities.argmax(axis=1) if top is None else top)
