@@ -32,6 +32,7 @@ from mnist_serving_training.export import (
     export_onnx,
     producer_versions,
 )
+from mnist_serving_training.reference_profile import add_reference_profile
 from mnist_serving_training.report import (
     CONFUSION_MATRIX_PLOT,
     LOSS_ACCURACY_PLOT,
@@ -243,6 +244,7 @@ def run_job(job: TrainingJob) -> Path:
             report["command"] = job.command
         if job.make_command is not None:
             report["make_command"] = job.make_command
+        add_reference_profile(staging, split, report)  # what the server compares with
         write_report(staging / REPORT_FILENAME, report)
     logger.info(
         "wrote %s: held-out accuracy %.2f%%, %.2f%% moved (%s, %d epochs, %.1f s)",

@@ -30,6 +30,7 @@ from mnist_serving_training.inference import (
     create_session,
     predict_probabilities,
 )
+from mnist_serving_training.reference_profile import add_reference_profile
 from mnist_serving_training.report import (
     REPORT_FILENAME,
     confusion_matrix,
@@ -228,6 +229,7 @@ def write_int8_version(
                 ).as_posix(),
             }
         )
+        add_reference_profile(staging, split, report)  # the INT8 model's own answers
         write_report(staging / REPORT_FILENAME, report)
     logger.info(
         "wrote %s (INT8): held-out accuracy %.2f%% vs FP32 %.2f%% (%+.2f points)",

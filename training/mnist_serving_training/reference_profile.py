@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mnist_serving_server.core.monitoring import (
     PROFILE_FILE_NAME,
@@ -31,6 +32,7 @@ from mnist_serving_training.data import DATASET_CHOICES, DatasetSplit, load_data
 from mnist_serving_training.export import METADATA_LABELS, read_metadata
 from mnist_serving_training.inference import create_session, predict_probabilities
 from mnist_serving_training.report import REPORT_FILENAME
+from mnist_serving_training.repository import MODEL_FILENAME
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,14 @@ def profile_model(model_path: Path, split: DatasetSplit) -> ReferenceProfile:
     return build_profile(
         probabilities, split.test_images, model_labels(model_path, split), dataset=split.name
     )
+
+
+def add_reference_profile(version_dir: Path, split: DatasetSplit, report: dict[str, Any]) -> None:
+    """The exporter's hook: profile `version_dir/model.onnx` on `split`, write the file
+    beside it and the profile into `report` (written after this)."""
+    profile = profile_model(version_dir / MODEL_FILENAME, split)
+    write_profile(version_dir / PROFILE_FILE_NAME, profile)
+    report[REPORT_KEY] = profile.as_dict()
 
 
 def write_version_profile(version_dir: Path, profile: ReferenceProfile) -> Path:

@@ -87,9 +87,15 @@ def test_cli_writes_fp32_and_int8_versions(tmp_path: Path, small_split: DatasetS
         "loss_accuracy.png",
         "model.onnx",
         "model_state_dict.pt",
+        "reference_profile.json",
         "training_report.json",
     ]
     report: dict[str, Any] = json.loads((fp32_dir / "training_report.json").read_text())
+    # The reference profile the server compares traffic with: in the folder and the report.
+    profile = json.loads((fp32_dir / "reference_profile.json").read_text())
+    assert report["reference_profile"] == profile
+    assert profile["images"] == CLI_TEST_COUNT
+    assert sum(profile["signals"]["label"]["shares"]) == pytest.approx(1.0)
     assert set(report) >= REPORT_KEYS
     assert report["train_size"] == CLI_TRAIN_COUNT
     assert report["test_size"] == CLI_TEST_COUNT
@@ -104,8 +110,13 @@ def test_cli_writes_fp32_and_int8_versions(tmp_path: Path, small_split: DatasetS
     assert report["transformed_test"]["transform"]["rotation_degrees"] == 15.0
 
     int8_dir = repository / "digits" / "2"
-    assert sorted(p.name for p in int8_dir.iterdir()) == ["model.onnx", "training_report.json"]
+    assert sorted(p.name for p in int8_dir.iterdir()) == [
+        "model.onnx",
+        "reference_profile.json",
+        "training_report.json",
+    ]
     int8_report = json.loads((int8_dir / "training_report.json").read_text())
+    assert int8_report["reference_profile"]["images"] == CLI_TEST_COUNT
     quantization = int8_report["quantization"]
     assert quantization["fp32_version"] == 1
     assert quantization["fp32_test_accuracy"] == pytest.approx(report["test_accuracy"])
