@@ -36,6 +36,11 @@ NATIVE_V2_CPU_VS_ECHO_TARGET = 0.5
 NATIVE_V2_CPU_VS_NATIVE_ECHO_TARGET = 2.0
 NATIVE_VS_GRPCIO_RATE_TARGET = 2.5  # req/s, the defaults against --grpc-front grpcio
 TRACING_CPU_TARGET = 1.25  # CPU/req, --tracing on (every call sampled) against the defaults
+# Model monitoring (issue 28): the defaults (monitoring on) against --drift-window 0 (off),
+# CPU per request; a shadow of equal cost (bench/shadow_repository.py) against the defaults,
+# p99 of the h2load V2 row (64 in flight).
+MONITORING_CPU_TARGET = 1.05
+SHADOW_P99_TARGET = 1.2
 H2LOAD_P99_TARGET_MS = 25.0
 NATIVE_H2LOAD_P99_TARGET_MS = 15.0
 HTTP_CPU_VS_ASGI_ECHO_TARGET = 3.0
@@ -52,6 +57,8 @@ AT_MOST = "<="
 WORKERS_FLAG = re.compile(r"--workers[= ](\S+)")
 GRPCIO_FRONT_FLAG = re.compile(r"--grpc-front[= ]grpcio\b")
 TRACING_ON_FLAG = re.compile(r"--tracing[= ]on\b")
+MONITORING_OFF_FLAG = re.compile(r"--drift-window[= ]0\b")
+SHADOW_REPOSITORY_FLAG = re.compile(r"--model-repository[= ]\S*shadow")
 
 DOCS_BEGIN = "<!-- bench:begin (written by `make bench`; edit outside these markers) -->"
 DOCS_END = "<!-- bench:end -->"
@@ -304,7 +311,42 @@ def _config_ratios(servers: Sequence[Mapping[str, Any]]) -> list[Ratio]:
                         AT_MOST,
                     )
                 )
+        ratios += _monitoring_ratios(defaults, server)
     return ratios
+
+
+def _monitoring_ratios(defaults: Mapping[str, Any], server: Mapping[str, Any]) -> list[Ratio]:
+    """Monitoring on (the defaults) against off (--drift-window 0), CPU per request; a shadow
+    configuration's h2load V2 p99 against the defaults'."""
+    default_rows = _by_name(defaults["scenarios"])
+    rows = _by_name(server["scenarios"])
+    args = " ".join(server["server_args"])
+    if MONITORING_OFF_FLAG.search(args):
+        return [
+            Ratio(
+                f"defaults CPU/req ({H2LOAD_V2_NAME}) / {server['label']}'s",
+                defaults["label"],
+                H2LOAD_V2_NAME,
+                _divide(
+                    _rate(default_rows, H2LOAD_V2_NAME, CPU_KEY),
+                    _rate(rows, H2LOAD_V2_NAME, CPU_KEY),
+                ),
+                MONITORING_CPU_TARGET,
+                AT_MOST,
+            )
+        ]
+    if SHADOW_REPOSITORY_FLAG.search(args):
+        return [
+            Ratio(
+                f"p99 ({H2LOAD_V2_NAME}) with a shadow / the defaults'",
+                server["label"],
+                H2LOAD_V2_NAME,
+                _divide(_p99(rows, H2LOAD_V2_NAME), _p99(default_rows, H2LOAD_V2_NAME)),
+                SHADOW_P99_TARGET,
+                AT_MOST,
+            )
+        ]
+    return []
 
 
 def _scaling_ratios(servers: Sequence[Mapping[str, Any]]) -> list[Ratio]:

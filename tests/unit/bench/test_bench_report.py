@@ -264,3 +264,29 @@ def test_batch_totals_add_up_over_the_repositorys_models() -> None:
     VersionObserver(metrics, "mnist_features", "1")  # loaded, never called: zero samples
     assert batch_totals(generate_latest(registry).decode()) == (10.0, 2.0)
     assert batch_totals("") is None
+
+
+def test_monitoring_off_and_a_shadow_are_compared_with_the_defaults() -> None:
+    document = make_document()
+    off = _config("--drift-window 0", ["--drift-window", "0"], 3000.0)
+    shadow = _config(
+        "--model-repository bench/results/shadow-repository",
+        ["--model-repository", "bench/results/shadow-repository"],
+        3000.0,
+    )
+    for row in off["scenarios"]:
+        if row.get("server_cpu_us_per_request"):
+            row["server_cpu_us_per_request"] /= 1.02
+    for row in shadow["scenarios"]:
+        if row["name"] == H2LOAD_V2_NAME:
+            row["latency_ms"] = {**row["latency_ms"], "p99_ms": row["latency_ms"]["p99_ms"] * 1.3}
+    document["servers"] = [_config("default", [], 3000.0), off, shadow]
+    ratios = {r.name: r for r in compute_ratios(document)}
+    monitoring = ratios[f"defaults CPU/req ({H2LOAD_V2_NAME}) / --drift-window 0's"]
+    assert monitoring.config == "default"
+    assert monitoring.value == pytest.approx(1.02)
+    assert monitoring.met is True
+    p99 = ratios[f"p99 ({H2LOAD_V2_NAME}) with a shadow / the defaults'"]
+    assert p99.value == pytest.approx(1.3)
+    assert p99.target == 1.2
+    assert p99.met is False
