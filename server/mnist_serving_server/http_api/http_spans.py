@@ -10,7 +10,7 @@ response carries the span's `traceparent` back (as KServe does) when it is sampl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
 from mnist_serving_server.core import tracing
@@ -29,54 +29,16 @@ URL_SCHEME: Final = "url.scheme"
 TRACEPARENT_HEADER: Final = tracing.TRACEPARENT.encode()
 FIRST_ERROR_STATUS: Final = 400
 
-# The route templates, by the operation's name (the metrics' `method` label).
-_FIXED_ROUTES: Final[Mapping[str, str]] = {
-    "ServerMetadata": "/v2",
-    "ServerLive": "/v2/health/live",
-    "ServerReady": "/v2/health/ready",
-    "RepositoryIndex": "/v2/repository/index",
-    "RepositoryModelLoad": "/v2/repository/models/{model_name}/load",
-    "RepositoryModelUnload": "/v2/repository/models/{model_name}/unload",
-}
-_MODEL_ROUTES: Final[Mapping[str, str]] = {
-    "ModelMetadata": "",
-    "ModelInfer": "/infer",
-    "ModelReady": "/ready",
-    "ModelConfig": "/config",
-    "ModelStatistics": "/stats",
-}
-_ALL_STATISTICS: Final = "/v2/models/stats"
-_VERSIONS: Final = "/versions/"
-_STATIC_PREFIX: Final = "/static/"
-
-
-def route_template(operation: str | None, path: str) -> str | None:
-    """The route `path` matched, with its variable parts named (None: no endpoint)."""
-    if operation is None:
-        return None
-    fixed = _FIXED_ROUTES.get(operation)
-    if fixed is not None:
-        return fixed
-    suffix = _MODEL_ROUTES.get(operation)
-    if suffix is None:  # the page and its files
-        return "/" if path == "/" else _STATIC_PREFIX + "{file}"
-    if operation == "ModelStatistics" and path.rstrip("/") == _ALL_STATISTICS:
-        return _ALL_STATISTICS
-    version = _VERSIONS + "{model_version}" if _VERSIONS in path else ""
-    return "/v2/models/{model_name}" + version + suffix
-
 
 class HttpSpan:
     """One request's server span, from its ASGI scope to the status it was answered with."""
 
     __slots__ = ("error", "span", "trace")
 
-    def __init__(
-        self, active: Tracer, scope: MutableMapping[str, Any], operation: str | None
-    ) -> None:
+    def __init__(self, active: Tracer, scope: MutableMapping[str, Any], route: str | None) -> None:
+        """`route`: the template of the route the request matched (routes.py), None if none."""
         method = scope["method"]
         path = scope["path"]
-        route = route_template(operation, path)
         attributes: dict[str, str] = {
             HTTP_REQUEST_METHOD: method,
             URL_PATH: path,
