@@ -41,6 +41,7 @@ NOT_IN_A_CHECKOUT = (
     "model_repository/mnist/2",  # the next version a user trains or copies in
     "model_repository/mnist/.staging-2",
     "model_repository/fashion",
+    "model_repository/mnist/config.pbtxt",  # one a user writes (the shipped model has none)
     "model_repository/mnist/1/model_state_dict.pt",  # kept out of git (.gitignore)
     "deploy/mnist-serving",  # kubectl's name of the Deployment, not a folder
 )
