@@ -241,7 +241,13 @@ class ServerConfig(BaseSettings):
         ),
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads; 0 = the cores this process may use."
+        0,
+        ge=0,
+        description=(
+            "ONNX Runtime intra-op threads per server process; 0 = the cores this process may "
+            "use, shared out among the --workers processes (one each with --workers auto). "
+            "A value is per worker: N workers run N times as many."
+        ),
     )
     provider: Provider = Field(
         "auto",
