@@ -14,7 +14,8 @@ the OK replies.
 
 `--echo` adds the bare grpc.aio echo server (bench/echo_server.py, V2 method path, on the
 server's loop) to every round: the floor, in the same run; `--native-echo` the bare
-pygrpc-native echo (bench/native_echo.py), the floor of the native front. `--variant LABEL=ARGS`
+pygrpc-native echo (bench/native_echo.py), the floor of the native front; `--minimal-path`
+the minimal full path (bench/minimal_path.py). `--variant LABEL=ARGS`
 (repeatable) adds this checkout's server started with other arguments; upper-case
 `NAME=VALUE` words in ARGS are set as environment variables instead. `--no-baseline`
 leaves the baseline checkout out.
@@ -40,7 +41,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0
 ECHO = "echo"
 NATIVE_ECHO = "native_echo"
-ECHOES = {ECHO: "bench.echo_server", NATIVE_ECHO: "bench.native_echo"}
+MINIMAL_PATH = "minimal_path"
+ECHOES = {
+    ECHO: "bench.echo_server",
+    NATIVE_ECHO: "bench.native_echo",
+    MINIMAL_PATH: "bench.minimal_path",
+}
 ENV_WORD = re.compile(r"^[A-Z][A-Z0-9_]*=")
 
 
@@ -127,6 +133,9 @@ def main() -> int:
     parser.add_argument(
         "--native-echo", action="store_true", help="the native (pygrpc-native) echo floor too"
     )
+    parser.add_argument(
+        "--minimal-path", action="store_true", help="the minimal full path's floor too"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -152,6 +161,8 @@ def main() -> int:
         servers.append((ECHO, REPO_ROOT, [], {}))
     if args.native_echo:
         servers.append((NATIVE_ECHO, REPO_ROOT, [], {}))
+    if args.minimal_path:
+        servers.append((MINIMAL_PATH, REPO_ROOT, [], {}))
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
             for label, source, extra, env in servers:
@@ -174,7 +185,8 @@ def main() -> int:
             "req_s_median": statistics.median(rps),
         }
     for label in summary.copy():
-        for reference in ("baseline", ECHO, NATIVE_ECHO, *(v.split("=")[0] for v in args.variant)):
+        references = ("baseline", *ECHOES, *(v.split("=")[0] for v in args.variant))
+        for reference in references:
             if reference in summary and label != reference:
                 ratio = summary[label]["cpu_us_median"] / summary[reference]["cpu_us_median"]
                 summary[f"{label}_over_{reference}_cpu"] = ratio

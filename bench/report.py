@@ -34,6 +34,8 @@ V2_CPU_VS_ECHO_TARGET = 1.3  # the grpc.aio front (--grpc-front grpcio)
 # The native front (the default): below grpc.aio's own floor, near pygrpc-native's.
 NATIVE_V2_CPU_VS_ECHO_TARGET = 0.5
 NATIVE_V2_CPU_VS_NATIVE_ECHO_TARGET = 2.0
+# Against the minimal full path (bench/minimal_path.py), the native front (issue 27).
+NATIVE_V2_CPU_VS_MINIMAL_PATH_TARGET = 1.3
 NATIVE_VS_GRPCIO_RATE_TARGET = 2.5  # req/s, the defaults against --grpc-front grpcio
 TRACING_CPU_TARGET = 1.25  # CPU/req, --tracing on (every call sampled) against the defaults
 # Model monitoring (issue 28): the defaults (monitoring on) against --drift-window 0 (off),
@@ -201,6 +203,9 @@ def compute_ratios(document: Mapping[str, Any]) -> list[Ratio]:
                 echo,
                 _by_name(document["http_echo"]),
                 None if grpcio_front(server["server_args"]) else _by_name(document["native_echo"]),
+                None
+                if grpcio_front(server["server_args"])
+                else _by_name(document.get("minimal_path", [])),
             ),
         ]
     return ratios + _scaling_ratios(document["servers"]) + _config_ratios(document["servers"])
@@ -219,6 +224,7 @@ def _h2load_ratios(
     echo: Mapping[str, Mapping[str, Any]],
     http_echo: Mapping[str, Mapping[str, Any]],
     native_echo: Mapping[str, Mapping[str, Any]] | None,
+    minimal_path: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Ratio]:
     """Per-request CPU against the floors and between the protocols (issue 13), and for the
     native front (`native_echo` given) against both gRPC floors (issue 21)."""
@@ -243,6 +249,17 @@ def _h2load_ratios(
                 H2LOAD_V2_NAME,
                 _divide(v2_cpu, _rate(native_echo, H2LOAD_V2_NAME, CPU_KEY)),
                 NATIVE_V2_CPU_VS_NATIVE_ECHO_TARGET,
+                AT_MOST,
+            )
+        )
+    if minimal_path:
+        ratios.append(
+            Ratio(
+                f"CPU/req / minimal full path's ({H2LOAD_V2_NAME})",
+                label,
+                H2LOAD_V2_NAME,
+                _divide(v2_cpu, _rate(minimal_path, H2LOAD_V2_NAME, CPU_KEY)),
+                NATIVE_V2_CPU_VS_MINIMAL_PATH_TARGET,
                 AT_MOST,
             )
         )
@@ -477,6 +494,8 @@ def render_table(document: Mapping[str, Any], ratios: Sequence[Ratio]) -> str:
         rows.append(_scenario_row("echo server", scenario, ratios))
     for scenario in document["native_echo"]:
         rows.append(_scenario_row("native echo", scenario, ratios))
+    for scenario in document.get("minimal_path", []):
+        rows.append(_scenario_row("minimal path", scenario, ratios))
     for scenario in document["http_echo"]:
         rows.append(_scenario_row("ASGI echo", scenario, ratios))
     for server in document["servers"]:
@@ -523,7 +542,10 @@ def render_docs_section(
         "(Classify, ClassifyStream and V2 ModelInfer) with the request bytes, the grpc.aio "
         "front's floor; *native echo* is a bare pygrpc-native front (bench/native_echo.py) "
         "answering the same bytes from one thread that takes the calls in batches, the "
-        "native front's floor; *ASGI echo* is a bare ASGI app echoing the body on the "
+        "native front's floor; *minimal path* is the same native front parsing each V2 "
+        "request, running one ONNX Runtime batch of whatever is waiting and answering each "
+        "call (bench/minimal_path.py), the floor of the full gRPC path; "
+        "*ASGI echo* is a bare ASGI app echoing the body on the "
         "server's HTTP stack, the HTTP floor. Open-loop rows send at a fixed rate (Poisson) "
         "and time each request from its scheduled send time. *Server CPU* is the server's "
         "process tree CPU time (utime + stime of the parent and its workers) over the window "

@@ -14,6 +14,7 @@ from bench.stats import MS_PER_S, LatencySummary, summarize_latencies
 
 # 2: h2load rows (with an "h2load" report) and the ASGI echo's rows ("http_echo").
 # 3: the bare pygrpc-native echo's rows ("native_echo"), the native front's floor.
+# (3, optional: "minimal_path", the minimal full path's rows, bench/minimal_path.py.)
 RESULTS_SCHEMA_VERSION = 3
 OK_CODE = "OK"
 US_PER_S = 1e6
@@ -229,6 +230,7 @@ def validate_results_document(document: Any) -> list[str]:
     _check_scenarios("echo", document["echo"], problems)
     _check_scenarios("http_echo", document["http_echo"], problems)
     _check_scenarios("native_echo", document["native_echo"], problems)
+    _check_scenarios("minimal_path", document.get("minimal_path", []), problems)
     for index, server in enumerate(document["servers"]):
         _check_keys(f"servers[{index}]", server, _SERVER_KEYS, problems)
         if isinstance(server, dict) and isinstance(server.get("scenarios"), list):

@@ -480,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "echo": [],
         "http_echo": [],
         "native_echo": [],
+        "minimal_path": [],
         "servers": [],
         "ratios": [],
     }
@@ -525,6 +526,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         except ServiceStartError as error:
             failures.append(f"native echo: {error}")
+        # The minimal full path: native front, V2 parse, one ONNX Runtime batch, replies.
+        minimal_path = ServiceProcess(
+            python_module_command("bench.minimal_path", "--port", "0"),
+            log_path=logs_dir / "minimal-path.log",
+        )
+        try:
+            with minimal_path:
+                document["minimal_path"] = runner.run_h2load(
+                    "minimal path",
+                    minimal_path,
+                    plan.h2load_echo_scenarios(settings),
+                    lambda api: h2load.grpc_echo_counter(minimal_path.target),
+                )
+        except ServiceStartError as error:
+            failures.append(f"minimal path: {error}")
         http_echo = ServiceProcess(
             python_module_command("bench.asgi_echo"), log_path=logs_dir / "asgi-echo.log"
         )
