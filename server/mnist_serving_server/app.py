@@ -48,6 +48,7 @@ from mnist_serving_server.grpc_api.native_front import (
 from mnist_serving_server.http_api.asgi import V2HttpApp
 from mnist_serving_server.http_api.front import HttpFront
 from mnist_serving_server.logs import log_fields
+from mnist_serving_server.memory import MemoryTrimmer
 from mnist_serving_server.metrics import MetricsServer, ServerMetrics, start_metrics_server
 from mnist_serving_server.peers import PeerLink, WorkerGroup
 from mnist_serving_server.telemetry import Telemetry, TelemetryConfigError, start_tracing
@@ -579,6 +580,7 @@ async def serve(
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop_requested.set)
     app = ServingApp(config, reuse_port=reuse_port, group=group)
+    trimmer = MemoryTrimmer()  # memory a burst took goes back to the system (memory.py)
     try:
         await app.start(wait_ready=False)  # on failure it has cleaned up after itself
         try:
@@ -591,6 +593,7 @@ async def serve(
                 future.cancel()
             for future in done:
                 future.result()  # a failed warm-up ends the process with its error
+            trimmer.start()
             if app.ready:
                 # Everything loaded so far (modules, the model, its session) lives as long as
                 # the process: out of the collector's sight, the generation-2 collections that
@@ -600,6 +603,7 @@ async def serve(
             await stop_requested.wait()
             logger.info("stop signal received")
         finally:
+            await trimmer.stop()
             await app.stop()
     finally:
         for signum in STOP_SIGNALS:

@@ -284,6 +284,9 @@ class NativeFront:
                 loop.call_soon_threadsafe(self._on_events, events, taken)
             except RuntimeError:  # the loop is closed: nobody is left to answer
                 return
+            # Not kept while the next recv blocks: the batch's payloads would stay alive
+            # (a quiet server held its last batch of large messages until the next call).
+            del events
             while not taken.wait(HANDOFF_CHECK_S):
                 if loop.is_closed():
                     return
