@@ -20,10 +20,12 @@ import grpc
 import numpy as np
 import pytest
 
+from mnist_serving_proto import open_inference_pb2 as pb
 from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from tests.integration.v2.v2_helpers import output_array, raw_infer_request
 from tests.support.processes import rss_bytes, worker_pids
 from tests.support.server_process import ServerProcess, start_server_process
+from tests.support.waiting import wait_for
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -158,3 +160,52 @@ def test_unauthenticated_streams_are_refused_before_their_body(
         )
     assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert time.monotonic() - started < RPC_TIMEOUT_S
+
+
+# A burst the limit lets through: BURST_CALLS at once, each a V2 call of BURST_BYTES that
+# the server parses and then refuses (its shape does not match its data), BURST_ROUNDS times.
+BURST_CALLS = 6
+BURST_BYTES = 15 * MIB
+BURST_ROUNDS = 2
+# Measured 2026-12-08 (three processes): +519 MB stayed before the trimmer, +153 MB after.
+BURST_RESIDUE_BYTES = 256 * 1_000_000
+BURST_SETTLE_S = 30.0
+
+
+def burst_request() -> pb.ModelInferRequest:
+    request = raw_infer_request(np.zeros((1, 28, 28), dtype=np.uint8))
+    request.raw_input_contents[0] = bytes(BURST_BYTES)  # not 784 bytes: INVALID_ARGUMENT
+    return request
+
+
+def test_memory_a_burst_took_goes_back(server: ServerProcess) -> None:
+    baseline = group_rss(server)
+    payload = burst_request()
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", -1)]
+    codes: list[grpc.StatusCode] = []
+
+    def call() -> None:
+        with grpc.insecure_channel(server.target, options=options) as channel:
+            try:
+                pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(payload, timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+
+    watch = RssWatch(server)
+    try:
+        for _ in range(BURST_ROUNDS):
+            callers = [threading.Thread(target=call) for _ in range(BURST_CALLS)]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join()
+    finally:
+        peak = watch.stop()
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * (BURST_CALLS * BURST_ROUNDS)
+    assert peak > baseline + BURST_RESIDUE_BYTES, "the burst took too little to tell anything"
+    settled = wait_for(
+        lambda: True if group_rss(server) < baseline + BURST_RESIDUE_BYTES else None,
+        BURST_SETTLE_S,
+        "the server's memory to go back after the burst",
+    )
+    assert settled
