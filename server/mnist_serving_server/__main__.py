@@ -1,7 +1,7 @@
 """`python -m mnist_serving_server` / `mnist-serving`: serve until SIGTERM or SIGINT.
 
 Exit codes: 0 after a graceful stop, 1 when the model cannot be loaded or the server cannot
-start (one clear line on stderr, no traceback) or, with --workers N, when a worker died,
+start (one clear line on stderr, no traceback) or when a worker keeps dying (a crash loop),
 2 for a bad option.
 """
 
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     configure_logging(config.log_format, config.log_level)
     try:
-        if config.worker_count > 1:
+        if config.worker_count > 1 or config.supervise == "on":
             return run_workers(config)
         event_loop.run(serve(config))
     except (ModelLoadError, ServerStartError, WorkersStartError) as exc:

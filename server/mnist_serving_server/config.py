@@ -45,6 +45,7 @@ PROG = "mnist-serving"
 Provider = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 GrpcFrontChoice = Literal["auto", "native", "grpcio"]
+SuperviseChoice = Literal["on", "off"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 TracingMode = Literal["auto", "on", "off"]
 
@@ -322,6 +323,15 @@ class ServerConfig(BaseSettings):
             "Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its "
             "own model sessions and a share of the cores; auto = the cores this process may "
             "use (CPU affinity and cgroup quota)."
+        ),
+    )
+
+    supervise: SuperviseChoice = Field(
+        "on",
+        description=(
+            "on: a supervising parent process serves /metrics and replaces a worker process "
+            "that dies, --workers 1 included; off: --workers 1 serves in this one process "
+            "(for debuggers and profilers), and a dead worker of several stops the server."
         ),
     )
 

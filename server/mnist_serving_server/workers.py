@@ -29,7 +29,8 @@ server. With `--workers N` the parent:
    a worker that dies more than RESTART_LIMIT times within RESTART_WINDOW_S is a crash
    loop, and the server stops (the others drain) and exits 1 with that reason, for the
    supervisor above (Kubernetes, systemd) to act on. `/metrics` shows
-   mnist_serving_worker_restarts_total and mnist_serving_workers{state}.
+   mnist_serving_worker_restarts_total and mnist_serving_workers{state}. The same parent
+   supervises `--workers 1` (unless `--supervise off`, which serves in one process).
 
 Health is per worker: SERVING once warm, NOT_SERVING during shutdown, which the parent
 starts for all of them at once. A replacement answers only once warm (it binds then).
@@ -407,8 +408,11 @@ def _supervise(workers: _Workers, config: ServerConfig, stop: _StopFlag, metrics
             # its exit status exists: join to read it.
             worker.join(KILL_WAIT_S)
             _mark_dead(worker, metrics_dir)
-            restart_at = workers.on_death(index, time.monotonic())
             fields = log_fields(worker=worker.name, pid=worker.pid, code=worker.exitcode)
+            if config.supervise == "off":
+                logger.error("worker died; stopping the server (--supervise off)", extra=fields)
+                return _stop_all(workers.processes, config, stop, EXIT_WORKER_FAILED)
+            restart_at = workers.on_death(index, time.monotonic())
             if restart_at is None:
                 logger.error(
                     f"worker died {RESTART_LIMIT + 1} times within {RESTART_WINDOW_S:.0f} s "

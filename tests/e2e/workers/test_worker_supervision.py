@@ -109,16 +109,15 @@ class Load:
                     self.successes.append(time.monotonic())
 
 
-def serving_workers(server: ServerProcess) -> float:
-    return total(scrape(server.metrics_port), "mnist_serving_workers", state="serving")
-
-
-def replaced(server: ServerProcess, dead: int) -> list[int] | None:
+def replaced(server: ServerProcess, dead: int, workers: int = WORKERS) -> list[int] | None:
     """The worker pids once `dead` is replaced and every worker serves, else None."""
     pids = worker_pids(server)
-    if dead in pids or len(pids) != WORKERS or serving_workers(server) != WORKERS:
+    if dead in pids or len(pids) != workers:
         return None
-    return pids
+    samples = scrape(server.metrics_port)
+    restarted = total(samples, "mnist_serving_worker_restarts_total") >= 1
+    serving = total(samples, "mnist_serving_workers", state="serving") == workers
+    return pids if restarted and serving else None
 
 
 def replaced_or_exited(server: ServerProcess, dead: int) -> bool | None:
@@ -230,3 +229,24 @@ def test_a_crash_loop_stops_the_server_with_its_reason(repository: Path) -> None
         assert code == 1
     assert f"worker died {RESTART_LIMIT + 1} times within" in server.output()
     assert "a crash loop" in server.output()
+
+
+def test_a_single_worker_is_restarted_too(
+    repository: Path, sample_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = sample_digits
+    with start_server_process(
+        repository, "--workers", "1", "--drain-delay-s", "0", timeout_s=START_TIMEOUT_S
+    ) as server:
+        (victim,) = worker_pids(server)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            partial(replaced, server, victim, 1), REPLACED_WITHIN_S, "the worker's replacement"
+        )
+        with grpc.insecure_channel(server.target) as channel:
+            reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                raw_infer_request(images[:8]), timeout=RPC_TIMEOUT_S
+            )
+        assert (output_array(reply, "probabilities").argmax(axis=1) == labels[:8]).all()
+        assert total(scrape(server.metrics_port), "mnist_serving_worker_restarts_total") == 1
+        assert server.stop() == 0
