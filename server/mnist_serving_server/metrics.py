@@ -86,6 +86,7 @@ class VersionObserver:
         "_batch_compute",
         "_batch_size",
         "_confidence",
+        "_drift",
         "_metrics",
         "_model",
         "_predictions",
@@ -112,6 +113,7 @@ class VersionObserver:
         self._confidence = (
             metrics.prediction_confidence.labels(model=model, version=version) if labels else None
         )
+        self._drift: dict[str, Any] = {}  # by signal, created at the first value (absent until)
 
     def on_queue_depth(self, images: int) -> None:
         self._queue_depth.set(images)
@@ -141,9 +143,13 @@ class VersionObserver:
             histogram._sum.inc(confidence_sum)
 
     def on_drift(self, psi: Mapping[str, float]) -> None:
-        drift = self._metrics.drift_psi
         for signal, value in psi.items():
-            drift.labels(model=self._model, version=self._version, signal=signal).set(value)
+            gauge = self._drift.get(signal)
+            if gauge is None:
+                gauge = self._drift[signal] = self._metrics.drift_psi.labels(
+                    model=self._model, version=self._version, signal=signal
+                )
+            gauge.set(value)
 
     def on_shadow(self, shadow_version: str, outcome: str, images: int) -> None:
         self._metrics.shadow_images.labels(

@@ -11,8 +11,9 @@ bins, of what the served model will see and say:
   ~0.29): ten bins whose edges are the reference's deciles.
 
 The server keeps, per served classifier version (and per worker process), a ring of the
-last `window` images' bin indices and their counts, updated once per ONNX Runtime batch
-with numpy (no per-image Python: `VersionMonitor.observe`), and the population
+last `window` images' bin indices and their counts, updated with numpy (no per-image
+Python: `VersionMonitor.observe_statistic`) once per flush of the batches that
+core/shadow.py's `BatchTap` gathers (64 images, or 0.1 s after the first), and the population
 stability index of each signal against the reference,
 PSI = sum over bins of (window share - reference share) x ln(window share / reference
 share), shares floored at `PSI_FLOOR`. It is reported once the window is full, then every
@@ -60,6 +61,7 @@ CONFIDENCE_PSI_EDGES: Final = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.99
 CONFIDENCE_BUCKETS: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 """Upper bounds of the top-1 probability histogram (Prometheus `le`; +Inf is added)."""
 _BUCKET_BOUNDS = np.asarray((*CONFIDENCE_BUCKETS, math.inf), dtype=np.float64)
+_NO_STATISTIC = np.zeros(0)
 
 
 @runtime_checkable
@@ -301,9 +303,15 @@ class VersionMonitor:
         return not self._labels_only
 
     def observe(self, pixels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-        """One batch's inputs and `probabilities` [N, C]: counts, histogram, window.
+        """Images and their `probabilities` [N, C]: counts, histogram, window.
 
         Returns the top-1 class of each image."""
+        return self.observe_statistic(
+            input_statistic(pixels) if self.drift else _NO_STATISTIC, probabilities
+        )
+
+    def observe_statistic(self, statistic: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """`observe` given each image's `input_statistic` (any array without drift)."""
         rows = len(probabilities)
         top: np.ndarray = probabilities.argmax(axis=1)
         if rows == 0:
@@ -317,19 +325,19 @@ class VersionMonitor:
             np.bincount(top, minlength=self.classes), buckets, float(confidence.sum())
         )
         if not self._labels_only:
-            self._push(pixels, top, confidence)
+            self._push(statistic, top, confidence)
         return top
 
-    def _push(self, pixels: np.ndarray, top: np.ndarray, confidence: np.ndarray) -> None:
+    def _push(self, statistic: np.ndarray, top: np.ndarray, confidence: np.ndarray) -> None:
         window = self._window
         if len(top) > window:
-            pixels, top, confidence = pixels[-window:], top[-window:], confidence[-window:]
+            statistic, top, confidence = statistic[-window:], top[-window:], confidence[-window:]
         rows = len(top)
         confidence_edges, input_edges = self._edges
         new = np.empty((rows, len(SIGNALS)), dtype=np.int64)
         new[:, 0] = top
         new[:, 1] = np.searchsorted(confidence_edges, confidence, side="right")
-        new[:, 2] = np.searchsorted(input_edges, input_statistic(pixels), side="right")
+        new[:, 2] = np.searchsorted(input_edges, statistic, side="right")
         new += self._offsets
         slots = (self._position + np.arange(rows)) % window
         size = len(self._counts)

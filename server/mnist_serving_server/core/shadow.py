@@ -8,13 +8,13 @@ a version gets, and links the serving version's batches to it (`BatchTap.shadow`
 every load.
 
 `BatchTap` is what the batcher calls once per ONNX Runtime batch, after the batch's
-callers have their answers (core/batcher.py `on_outputs`): the version's monitor
-(core/monitoring.py), then, for the serving version, `ShadowLink.forward`: the batch's
-images copied and queued on the shadow's own batcher, unless the images already waiting
-for the shadow would pass `limit` (then the copy is dropped: never a refusal, a wait or a
-failure for the primary). When the shadow's batch is done its top-1 labels are compared
-with the primary's (vectorised) and counted: `agree`, `disagree`, or `dropped` (queue
-over the limit, the shadow stopped or failed).
+callers have their answers (core/batcher.py `on_outputs`): it gathers the batch for the
+version's monitor (core/monitoring.py) and, for the serving version, calls
+`ShadowLink.forward`: the batch's images copied and queued on the shadow's own batcher,
+unless the images already waiting for the shadow would pass `limit` (then the copy is
+dropped: never a refusal, a wait or a failure for the primary). When the shadow's batch is
+done its top-1 labels are compared with the primary's (vectorised) and counted: `agree`,
+`disagree`, or `dropped` (queue over the limit, the shadow stopped or failed).
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ from mnist_serving_server.core.errors import ServingError
 from mnist_serving_server.core.model_config import (
     SHADOW_VERSION_PARAMETER as SHADOW_VERSION_PARAMETER,
 )
-from mnist_serving_server.core.monitoring import MonitoringObserver, VersionMonitor
+from mnist_serving_server.core.monitoring import (
+    MonitoringObserver,
+    VersionMonitor,
+    input_statistic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,11 @@ AGREE: Final = "agree"
 DISAGREE: Final = "disagree"
 DROPPED: Final = "dropped"
 OUTCOMES: Final = (AGREE, DISAGREE, DROPPED)
+FLUSH_IMAGES: Final = 64
+"""The monitor sees gathered batches once this many images are waiting..."""
+FLUSH_DELAY_S: Final = 0.1
+"""... or this long after the first of them (so a quiet server's counts are current)."""
+_NOTHING = np.zeros(0)
 
 
 class ShadowLink:
@@ -101,15 +110,25 @@ class ShadowLink:
 
 
 class BatchTap:
-    """What one version's batcher calls with each batch's inputs and outputs."""
+    """What one version's batcher calls with each batch's inputs and outputs.
 
-    __slots__ = ("monitor", "observer", "shadow")
+    A batch is only noted here (its probabilities, each image's input statistic: a few
+    microseconds); the monitor sees the gathered batches at once, when FLUSH_IMAGES have
+    gathered or FLUSH_DELAY_S after the first (a timer on the event loop), so its numpy
+    work and metric updates cost per 64 images, not per batch. The shadow gets each
+    batch's copy at once.
+    """
+
+    __slots__ = ("_pending", "_rows", "_timer", "monitor", "observer", "shadow")
 
     def __init__(self, monitor: VersionMonitor | None, observer: MonitoringObserver | None) -> None:
         self.monitor = monitor
         self.observer = observer
         self.shadow: ShadowLink | None = None
         """Set by the registry on the model's serving version while it has a shadow."""
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._rows = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     def __call__(self, pixels: np.ndarray, outputs: Mapping[str, np.ndarray]) -> None:
         shadow = self.shadow
@@ -119,6 +138,34 @@ class BatchTap:
         probabilities = outputs.get(PROBABILITIES_OUTPUT)
         if probabilities is None or probabilities.ndim != 2:
             return
-        top = None if monitor is None else monitor.observe(pixels, probabilities)
         if shadow is not None:
-            shadow.forward(pixels, probabilities.argmax(axis=1) if top is None else top)
+            shadow.forward(pixels, probabilities.argmax(axis=1))
+        if monitor is None:
+            return
+        # The statistic now: the batch's pixels may be a caller's buffer, not kept.
+        statistic = input_statistic(pixels) if monitor.drift else _NOTHING
+        self._pending.append((statistic, probabilities))
+        self._rows += len(probabilities)
+        if self._rows >= FLUSH_IMAGES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush)
+
+    def flush(self) -> None:
+        """Hand the gathered batches to the monitor now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending, self._rows = self._pending, [], 0
+        monitor = self.monitor
+        if not pending or monitor is None:
+            return
+        if len(pending) == 1:
+            statistic, probabilities = pending[0]
+        else:
+            statistic = np.concatenate([part[0] for part in pending])
+            probabilities = np.concatenate([part[1] for part in pending])
+        try:
+            monitor.observe_statistic(statistic, probabilities)
+        except Exception:
+            logger.exception("model monitoring failed")

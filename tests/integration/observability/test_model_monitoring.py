@@ -22,6 +22,7 @@ from mnist_serving_server.core.errors import FailedPreconditionError
 from mnist_serving_server.core.monitoring import PROFILE_FILE_NAME, SIGNALS
 from mnist_serving_server.core.registry import ModelState
 from mnist_serving_server.core.runtime import ModelRuntime
+from mnist_serving_server.core.shadow import FLUSH_DELAY_S
 from mnist_serving_server.core.triton_records import model_config_record
 from mnist_serving_training.data import FASHION_MNIST_DIR, load_fashion_mnist, load_mnist_sample
 from mnist_serving_training.reference_profile import profile_model, write_version_profile
@@ -31,6 +32,7 @@ from tests.support.metrics import sample_sum
 
 MODEL = "mnist"
 IMAGES = 1_200
+WINDOW = 1_000  # the default --drift-window
 REQUEST_IMAGES = 8
 CALLERS = 6
 SETTLE_TIMEOUT_S = 30.0
@@ -86,7 +88,7 @@ def profiled_repository(tmp_path_factory: pytest.TempPathFactory, reference_mode
 
 async def classify_all(app: ServingApp, images: np.ndarray) -> np.ndarray:
     """Every image classified in requests of REQUEST_IMAGES by CALLERS concurrent callers;
-    the probabilities in order."""
+    the probabilities in order, once the monitors have seen them (FLUSH_DELAY_S)."""
     chunks = [
         images[start : start + REQUEST_IMAGES] for start in range(0, len(images), REQUEST_IMAGES)
     ]
@@ -99,6 +101,7 @@ async def classify_all(app: ServingApp, images: np.ndarray) -> np.ndarray:
                 results[index] = np.stack([p.probabilities for p in predictions])
 
         await asyncio.gather(*(caller(offset) for offset in range(CALLERS)))
+    await asyncio.sleep(3 * FLUSH_DELAY_S)
     return np.concatenate(results)
 
 
@@ -146,18 +149,26 @@ async def test_held_out_digits_show_no_drift_and_clothes_do(
     assert metric(app, "mnist_serving_predictions_total", model=MODEL) == IMAGES
     assert metric(app, "mnist_serving_prediction_confidence_count", model=MODEL) == IMAGES
 
+    # Other real digits (the sample's training images, a random 1,000): no drift either.
+    training = load_mnist_sample().train_images
+    others = training[np.random.default_rng(1).permutation(len(training))[:WINDOW]]
+    await classify_all(app, others)
+    other_digits = psi(app)
+    assert all(value < STABLE_PSI for value in other_digits.values()), other_digits
+
     clothes = load_fashion_mnist().test_images[:IMAGES]
     await classify_all(app, clothes)
     shifted = psi(app)
     assert shifted["label"] > SHIFTED_PSI, shifted
     assert shifted["input"] > SHIFTED_PSI, shifted
-    assert metric(app, "mnist_serving_predictions_total", model=MODEL) == 2 * IMAGES
-    assert metric(app, "mnist_serving_prediction_confidence_count", model=MODEL) == 2 * IMAGES
+    sent_in_all = 2 * IMAGES + WINDOW
+    assert metric(app, "mnist_serving_predictions_total", model=MODEL) == sent_in_all
+    assert metric(app, "mnist_serving_prediction_confidence_count", model=MODEL) == sent_in_all
     by_label = [
         metric(app, "mnist_serving_predictions_total", model=MODEL, label=str(digit))
         for digit in range(10)
     ]
-    assert sum(by_label) == 2 * IMAGES
+    assert sum(by_label) == sent_in_all
 
 
 async def test_a_shadow_copy_agrees_a_permuted_one_does_not_and_callers_never_see_it(

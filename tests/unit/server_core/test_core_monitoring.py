@@ -29,7 +29,14 @@ from mnist_serving_server.core.monitoring import (
     write_profile,
 )
 from mnist_serving_server.core.runtime import ModelInfo, TensorSpec
-from mnist_serving_server.core.shadow import AGREE, DISAGREE, DROPPED, BatchTap, ShadowLink
+from mnist_serving_server.core.shadow import (
+    AGREE,
+    DISAGREE,
+    DROPPED,
+    FLUSH_DELAY_S,
+    BatchTap,
+    ShadowLink,
+)
 
 CLASSES = 10
 LABELS = tuple(str(digit) for digit in range(CLASSES))
@@ -208,3 +215,20 @@ async def test_the_shadow_link_counts_agreement_and_drops_beyond_its_limit() -> 
     finally:
         release.set()
         await shadow.stop()
+
+
+async def test_the_tap_hands_batches_to_the_monitor_per_64_images_or_after_a_moment() -> None:
+    rng = np.random.default_rng(5)
+    recorder = Recorder()
+    profile = profile_of(fake_answers(rng, 500, ink=40))
+    tap = BatchTap(VersionMonitor(CLASSES, recorder, profile), None)
+    for _ in range(3):
+        pixels, probabilities = fake_answers(rng, 20, ink=40)
+        tap(pixels, {"probabilities": probabilities})
+    assert recorder.labels.sum() == 0  # 60 images gathered, none handed over yet
+    pixels, probabilities = fake_answers(rng, 20, ink=40)
+    tap(pixels, {"probabilities": probabilities})
+    assert recorder.labels.sum() == 80  # the 64th image flushed them all at once
+    tap(pixels[:5], {"probabilities": probabilities[:5]})
+    await asyncio.sleep(3 * FLUSH_DELAY_S)
+    assert recorder.labels.sum() == 85  # and a lone batch once its moment has passed
