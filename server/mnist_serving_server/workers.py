@@ -164,7 +164,15 @@ def _worker_main(config: ServerConfig, group: WorkerGroup) -> None:
         event_loop.run(serve(config, reuse_port=True, group=group))
     except (ModelLoadError, ServerStartError) as exc:
         logger.error("worker could not start: %s", exc)
+        if config.ready_file is not None:  # for the parent's one clear line
+            with contextlib.suppress(OSError):
+                start_error_file(config.ready_file).write_text(str(exc), encoding="utf-8")
         raise SystemExit(WORKER_EXIT_START_FAILED) from None
+
+
+def start_error_file(ready_file: Path) -> Path:
+    """Where a worker that cannot start writes why (next to its ready file)."""
+    return ready_file.with_suffix(".error")
 
 
 def _stop_with_parent() -> None:
@@ -369,8 +377,12 @@ def _wait_ready(workers: list[BaseProcess], ready_files: list[Path], stop: _Stop
     Raises WorkersStartError when a worker exits before it is ready.
     """
     while not all(_is_ready(path) for path in ready_files):
-        for worker in workers:
+        for worker, ready_file in zip(workers, ready_files, strict=True):
             if worker.exitcode is not None:
+                with contextlib.suppress(OSError):  # the worker's own reason, when it wrote one
+                    raise WorkersStartError(
+                        start_error_file(ready_file).read_text(encoding="utf-8")
+                    ) from None
                 raise WorkersStartError(
                     f"worker {worker.name} (pid {worker.pid}) exited with {worker.exitcode} "
                     "before it was ready; its error is in the log above"
