@@ -63,6 +63,7 @@ from mnist_serving_server.app import STOP_SIGNALS, ServerStartError, serve, writ
 from mnist_serving_server.config import HTTP_OFF, METRICS_OFF, ServerConfig
 from mnist_serving_server.core.cores import available_cores
 from mnist_serving_server.core.errors import ModelLoadError
+from mnist_serving_server.core.runtime import choose_provider
 from mnist_serving_server.grpc_api.auth import AuthConfigError, load_tokens
 from mnist_serving_server.logs import configure_logging, log_fields
 from mnist_serving_server.metrics import MetricsServer, start_metrics_server
@@ -209,6 +210,7 @@ def run_workers(config: ServerConfig) -> int:
         load_tokens(config.auth_token_file, os.environ)
     except AuthConfigError as exc:
         raise ServerStartError(str(exc)) from None
+    config = _provider_decided_once(config)
     stop = _StopFlag()
     previous = {signum: signal.signal(signum, stop.handler) for signum in STOP_SIGNALS}
     try:
@@ -306,6 +308,14 @@ class _Workers:
         self._states.labels(state="serving").set(serving)
         self._states.labels(state="starting").set(len(alive) - serving)
         self._states.labels(state="down").set(down)
+
+
+def _provider_decided_once(config: ServerConfig) -> ServerConfig:
+    """`--provider auto` that comes to the CPU is decided here, once: its one warning (no
+    usable GPU for onnxruntime-gpu) comes from this process, and the workers run `cpu`."""
+    if config.provider == "auto" and not choose_provider("auto").cuda:
+        return config.with_changes(provider="cpu")
+    return config
 
 
 def _run(

@@ -58,7 +58,7 @@ def serve_args(ready_file: Path, *extra: str) -> list[str]:
         "--http-port",
         "0",
         "--workers",
-        "1",
+        "2",
         "--ready-file",
         str(ready_file),
         *extra,
@@ -132,7 +132,7 @@ def test_auto_serves_on_the_cpu_with_one_warning_and_says_so_in_metrics() -> Non
     assert info, metrics
     assert all('provider="CPUExecutionProvider"' in line for line in info), info
     warnings = [line for line in output.splitlines() if FALLBACK in line]
-    assert len(warnings) == 1, output  # two models loaded, one warning
+    assert len(warnings) == 1, output  # two workers, two models each: one warning
     assert "WARNING" in warnings[0]
     assert "serving on CPUExecutionProvider" in warnings[0]
     outputs = {output["name"]: output for output in answer["outputs"]}
