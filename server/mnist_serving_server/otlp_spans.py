@@ -1,41 +1,69 @@
-"""OTLP trace export with the request body written straight to protobuf bytes.
+"""OTLP trace export over HTTP, the request body written straight to protobuf bytes.
 
 The SDK's OTLP/HTTP exporter encodes a batch of spans by building a protobuf object for
 every span, attribute, link and value, and by hashing each span's resource (as JSON) to
 group the spans; on this server that cost more CPU than the spans themselves
 (docs/performance.md). `SpanEncoder` writes the same `ExportTraceServiceRequest`
-(opentelemetry-proto's `collector/trace/v1`; the message a collector decodes is equal to
-the SDK's, tests/unit/tracing/test_otlp_spans.py) field by field, with the resource and
-instrumentation scope encoded once and kept. `OtlpHttpSpanExporter` is the SDK's
-exporter, with everything it reads from the OTEL_* variables (endpoint, headers,
-certificates, compression, timeout, retries), sending that body.
+(opentelemetry-proto's `collector/trace/v1`; byte for byte what the SDK's encoder
+serializes, tests/unit/tracing/test_otlp_spans.py) field by field, with the resource and
+instrumentation scope encoded once and kept.
 
-Anything this writer does not spell itself (span events, attribute values that are lists)
-goes through the SDK's own encoder for that one part, so every span is exported whole.
+`OtlpHttpSpanExporter` sends that body. It is built on the SDK's public API only (the
+`SpanExporter` interface, `ReadableSpan`'s public attributes, the variables' names in
+`opentelemetry.sdk.environment_variables`), so an SDK upgrade that moves its private
+modules cannot break tracing. It reads the OTEL_EXPORTER_OTLP_TRACES_* variables (each
+falling back to its OTEL_EXPORTER_OTLP_* form) as the SDK's OTLP/HTTP exporter does:
+the endpoint (a signal endpoint as it is; a base endpoint with `/v1/traces` added; by
+default http://localhost:4318/v1/traces), headers (W3C baggage form, URL-decoded),
+certificate, client key and certificate, compression (`gzip`, `deflate` or `none`) and the
+timeout (in seconds, as the Python SDK reads it, default 10; the spec's milliseconds are
+not what the SDK has ever read here). It retries as the SDK does: 429, 502, 503, 504 and
+connection errors, up to 6 attempts, backing off 1, 2, 4 ... s (+-20% jitter, or the
+answer's Retry-After), never past the timeout counted from the export's start, and a
+connection error once more at once (a stale pooled connection); a shutdown ends the wait.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import math
+import os
+import random
 import struct
-from collections.abc import Callable, Mapping, Sequence
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
-from opentelemetry.exporter.otlp.proto.common._internal import (
-    _encode_instrumentation_scope,
-    _encode_resource,
-    _encode_value,
-)
-from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_events
-from opentelemetry.exporter.otlp.proto.http._common import _is_request_too_large
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-    OTLPSpanExporter as SdkHttpSpanExporter,
+import requests
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_COMPRESSION,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_HEADERS,
+    OTEL_EXPORTER_OTLP_TIMEOUT,
+    OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import Link, SpanContext
+from opentelemetry.util.re import parse_env_headers
 
 from mnist_serving_server import protobuf_wire as wire
 
@@ -47,6 +75,11 @@ _RESOURCE_SPANS: Final = wire.tag(1, wire.LENGTH_DELIMITED)
 _GROUP_HEAD: Final = wire.tag(1, wire.LENGTH_DELIMITED)
 _GROUP_ITEMS: Final = wire.tag(2, wire.LENGTH_DELIMITED)
 _SCHEMA_URL: Final = wire.tag(3, wire.LENGTH_DELIMITED)
+# Resource.attributes; InstrumentationScope.name, .version, .attributes
+_RESOURCE_ATTRIBUTE: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_SCOPE_NAME: Final = wire.tag(1, wire.LENGTH_DELIMITED)
+_SCOPE_VERSION: Final = wire.tag(2, wire.LENGTH_DELIMITED)
+_SCOPE_ATTRIBUTE: Final = wire.tag(3, wire.LENGTH_DELIMITED)
 # Span
 _TRACE_ID: Final = wire.tag(1, wire.LENGTH_DELIMITED)
 _SPAN_ID: Final = wire.tag(2, wire.LENGTH_DELIMITED)
@@ -64,6 +97,11 @@ _LINK: Final = wire.tag(13, wire.LENGTH_DELIMITED)
 _DROPPED_LINKS: Final = wire.tag(14, wire.VARINT)
 _STATUS: Final = wire.tag(15, wire.LENGTH_DELIMITED)
 _SPAN_FLAGS: Final = wire.tag(16, wire.FIXED32)
+# Span.Event
+_EVENT_TIME: Final = wire.tag(1, wire.FIXED64)
+_EVENT_NAME: Final = wire.tag(2, wire.LENGTH_DELIMITED)
+_EVENT_ATTRIBUTE: Final = wire.tag(3, wire.LENGTH_DELIMITED)
+_EVENT_DROPPED_ATTRIBUTES: Final = wire.tag(4, wire.VARINT)
 # Span.Link
 _LINK_ATTRIBUTE: Final = wire.tag(4, wire.LENGTH_DELIMITED)
 _LINK_DROPPED_ATTRIBUTES: Final = wire.tag(5, wire.VARINT)
@@ -71,14 +109,17 @@ _LINK_FLAGS: Final = wire.tag(6, wire.FIXED32)
 # Status
 _STATUS_MESSAGE: Final = wire.tag(2, wire.LENGTH_DELIMITED)
 _STATUS_CODE: Final = wire.tag(3, wire.VARINT)
-# KeyValue, AnyValue
+# KeyValue, AnyValue; ArrayValue.values and KeyValueList.values
 _KEY: Final = wire.tag(1, wire.LENGTH_DELIMITED)
 _VALUE: Final = wire.tag(2, wire.LENGTH_DELIMITED)
 _STRING_VALUE: Final = wire.tag(1, wire.LENGTH_DELIMITED)
 _BOOL_VALUE: Final = wire.tag(2, wire.VARINT)
 _INT_VALUE: Final = wire.tag(3, wire.VARINT)
 _DOUBLE_VALUE: Final = wire.tag(4, wire.FIXED64)
+_ARRAY_VALUE: Final = wire.tag(5, wire.LENGTH_DELIMITED)
+_KEY_VALUE_LIST: Final = wire.tag(6, wire.LENGTH_DELIMITED)
 _BYTES_VALUE: Final = wire.tag(7, wire.LENGTH_DELIMITED)
+_LIST_ITEM: Final = wire.tag(1, wire.LENGTH_DELIMITED)
 
 # SpanFlags: the parent's (or link's) context says whether it is remote.
 _HAS_IS_REMOTE: Final = 0x100
@@ -97,6 +138,7 @@ _KEY_VALUES: dict[tuple[str, type, Any], bytes] = {}
 
 
 def _any_value(value: Any) -> bytes:
+    """An AnyValue message's fields, as the SDK's encoder writes each Python type."""
     if isinstance(value, bool):  # before int: a bool is an int
         return _BOOL_VALUE + (b"\x01" if value else b"\x00")
     if isinstance(value, str):
@@ -107,7 +149,18 @@ def _any_value(value: Any) -> bytes:
         return _DOUBLE_VALUE + _DOUBLE_FORMAT.pack(value)
     if isinstance(value, bytes):
         return wire.length_delimited(_BYTES_VALUE, value)
-    return _encode_value(value).SerializeToString()  # lists, maps: the SDK's way
+    if value is None:
+        return b""  # an empty AnyValue
+    if isinstance(value, Sequence):
+        items = b"".join(wire.length_delimited(_LIST_ITEM, _any_value(item)) for item in value)
+        return wire.length_delimited(_ARRAY_VALUE, items)
+    if isinstance(value, Mapping):
+        pairs = b"".join(
+            wire.length_delimited(_LIST_ITEM, _key_value(str(key), item))
+            for key, item in value.items()
+        )
+        return wire.length_delimited(_KEY_VALUE_LIST, pairs)
+    raise TypeError(f"an attribute value of type {type(value).__name__} has no OTLP form")
 
 
 def _key_value(key: str, value: Any) -> bytes:
@@ -118,9 +171,7 @@ def _key_value(key: str, value: Any) -> bytes:
         known = _KEY_VALUES.get(memo_key)
         if known is not None:
             return known
-    encoded = wire.length_delimited(_KEY, key.encode()) + wire.length_delimited(
-        _VALUE, _any_value(value)
-    )
+    encoded = wire.string_field(_KEY, key) + wire.length_delimited(_VALUE, _any_value(value))
     if memo_key is not None:
         if len(_KEY_VALUES) >= _KEY_VALUE_MEMO_SIZE:
             _KEY_VALUES.clear()  # unique values (request ids) would fill it: start again
@@ -131,7 +182,20 @@ def _key_value(key: str, value: Any) -> bytes:
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]:
     if not attributes:
         return []
-    return [wire.length_delimited(tag, _key_value(key, value)) for key, value in attributes.items()]
+    try:
+        return [
+            wire.length_delimited(tag, _key_value(key, value)) for key, value in attributes.items()
+        ]
+    except TypeError:  # a value with no OTLP form: that pair left out, as the SDK does
+        return list(_attributes_one_by_one(tag, attributes))
+
+
+def _attributes_one_by_one(tag: bytes, attributes: Mapping[str, Any]) -> Iterator[bytes]:
+    for key, value in attributes.items():
+        try:
+            yield wire.length_delimited(tag, _key_value(key, value))
+        except TypeError:
+            logger.exception("tracing: attribute %r left out of the export", key)
 
 
 def _flags(context: SpanContext | None) -> bytes:
@@ -161,6 +225,15 @@ def _link(link: Link) -> bytes:
     return wire.length_delimited(_LINK, b"".join(parts))
 
 
+def _event(event: Event) -> bytes:
+    parts = [_EVENT_TIME + _FIXED64_FORMAT.pack(event.timestamp)] if event.timestamp else []
+    parts.append(wire.string_field(_EVENT_NAME, event.name))
+    parts.extend(_attributes(_EVENT_ATTRIBUTE, event.attributes))
+    if event.dropped_attributes:
+        parts.append(_EVENT_DROPPED_ATTRIBUTES + wire.varint(event.dropped_attributes))
+    return wire.length_delimited(_EVENT, b"".join(parts))
+
+
 def encode_span(span: ReadableSpan) -> bytes:
     """One `Span` message (without its tag in ScopeSpans)."""
     context = span.get_span_context()
@@ -177,13 +250,15 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.append(wire.length_delimited(_NAME, span.name.encode()))
     # The SDK's SpanKind counts from 0 (INTERNAL), OTLP's from 1 (0 is UNSPECIFIED).
     parts.append(_KIND + wire.varint(span.kind.value + 1))
-    parts.append(_START + _FIXED64_FORMAT.pack(span.start_time or 0))
-    parts.append(_END + _FIXED64_FORMAT.pack(span.end_time or 0))
+    if span.start_time:
+        parts.append(_START + _FIXED64_FORMAT.pack(span.start_time))
+    if span.end_time:
+        parts.append(_END + _FIXED64_FORMAT.pack(span.end_time))
     parts.extend(_attributes(_ATTRIBUTE, span.attributes))
     if span.dropped_attributes:
         parts.append(_DROPPED_ATTRIBUTES + wire.varint(span.dropped_attributes))
-    for event in _encode_events(span.events) or ():
-        parts.append(wire.length_delimited(_EVENT, event.SerializeToString()))
+    if span.events:
+        parts.extend(_event(event) for event in span.events)
     if span.dropped_events:
         parts.append(_DROPPED_EVENTS + wire.varint(span.dropped_events))
     parts.extend(_link(link) for link in span.links)
@@ -200,10 +275,23 @@ def encode_span(span: ReadableSpan) -> bytes:
     return b"".join(parts)
 
 
-def _head(encoded: bytes, schema_url: str | None) -> bytes:
-    """A group's first fields: its resource or scope, then that one's schema URL if any."""
-    return wire.length_delimited(_GROUP_HEAD, encoded) + wire.string_field(
+def _head(encoded: bytes, schema_url: str | None) -> tuple[bytes, bytes]:
+    """A group's first field (its resource or scope) and its last (that one's schema URL,
+    if any): the group's items go between them, in field order as protobuf writes it."""
+    return wire.length_delimited(_GROUP_HEAD, encoded), wire.string_field(
         _SCHEMA_URL, schema_url or ""
+    )
+
+
+def _resource(resource: Resource) -> bytes:
+    return b"".join(_attributes(_RESOURCE_ATTRIBUTE, resource.attributes))
+
+
+def _scope(scope: InstrumentationScope) -> bytes:
+    return (
+        wire.string_field(_SCOPE_NAME, scope.name)
+        + wire.string_field(_SCOPE_VERSION, scope.version or "")
+        + b"".join(_attributes(_SCOPE_ATTRIBUTE, scope.attributes))
     )
 
 
@@ -211,25 +299,17 @@ class _Heads:
     """The encoded resources and scopes, each written once (a process has a handful)."""
 
     def __init__(self) -> None:
-        self._known: dict[int, tuple[object, bytes]] = {}
+        self._known: dict[int, tuple[object, tuple[bytes, bytes]]] = {}
 
-    def resource(self, resource: Resource) -> bytes:
-        return self._once(
-            resource,
-            lambda: _head(_encode_resource(resource).SerializeToString(), resource.schema_url),
-        )
+    def resource(self, resource: Resource) -> tuple[bytes, bytes]:
+        return self._once(resource, lambda: _head(_resource(resource), resource.schema_url))
 
-    def scope(self, scope: InstrumentationScope | None) -> bytes:
+    def scope(self, scope: InstrumentationScope | None) -> tuple[bytes, bytes]:
         if scope is None:  # an empty scope, as the SDK writes it
             return _head(b"", None)
-        return self._once(
-            scope,
-            lambda: _head(
-                _encode_instrumentation_scope(scope).SerializeToString(), scope.schema_url
-            ),
-        )
+        return self._once(scope, lambda: _head(_scope(scope), scope.schema_url))
 
-    def _once(self, head: object, write: Callable[[], bytes]) -> bytes:
+    def _once(self, head: object, write: Callable[[], tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
         known = self._known.get(id(head))
         if known is None or known[0] is not head:  # an id can be reused once freed
             known = (head, write())
@@ -256,45 +336,236 @@ class SpanEncoder:
         heads = self._heads
         out: list[bytes] = []
         for resource, scopes in groups.values():
-            scope_spans = b"".join(
-                wire.length_delimited(_GROUP_ITEMS, heads.scope(scope) + b"".join(encoded))
-                for scope, encoded in scopes.values()
-            )
-            out.append(
-                wire.length_delimited(_RESOURCE_SPANS, heads.resource(resource) + scope_spans)
-            )
+            parts = list(heads.resource(resource))
+            for scope, encoded in scopes.values():
+                scope_head, scope_tail = heads.scope(scope)
+                scope_spans = scope_head + b"".join(encoded) + scope_tail
+                parts.insert(-1, wire.length_delimited(_GROUP_ITEMS, scope_spans))
+            out.append(wire.length_delimited(_RESOURCE_SPANS, b"".join(parts)))
         return b"".join(out)
 
 
-class OtlpHttpSpanExporter(SdkHttpSpanExporter):
-    """The SDK's OTLP/HTTP span exporter (its settings, transport, retries and own metrics)
-    sending the body `SpanEncoder` writes."""
+DEFAULT_ENDPOINT: Final = "http://localhost:4318"
+TRACES_PATH: Final = "v1/traces"
+DEFAULT_TIMEOUT_S: Final = 10.0
+COMPRESSIONS: Final = ("none", "gzip", "deflate")
+MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
+"""A body over this (before compression) is dropped, not sent (the SDK's default)."""
+MAX_ATTEMPTS: Final = 6
+RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
+BACKOFF_JITTER: Final = 0.2
+USER_AGENT: Final = f"OTel-OTLP-Exporter-Python/{sdk_version}"
+# What requests raises when no answer came: worth another try.
+_CONNECTION_ERRORS: Final = (requests.ConnectionError, requests.Timeout)
 
-    def __init__(self) -> None:
-        super().__init__()
+
+def _first(environ: Mapping[str, str], *names: str) -> str:
+    """The first of these variables that is set and not empty, else ''."""
+    for name in names:
+        value = environ.get(name)
+        if value:
+            return value
+    return ""
+
+
+@dataclass(frozen=True)
+class OtlpHttpSettings:
+    """Where and how the spans are sent, from the OTEL_EXPORTER_OTLP_* variables."""
+
+    endpoint: str
+    headers: Mapping[str, str]
+    timeout_s: float
+    compression: str
+    verify: bool | str
+    cert: str | tuple[str, str] | None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> OtlpHttpSettings:
+        endpoint = _first(environ, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+        if not endpoint:
+            base = _first(environ, OTEL_EXPORTER_OTLP_ENDPOINT) or DEFAULT_ENDPOINT
+            endpoint = f"{base.removesuffix('/')}/{TRACES_PATH}"
+        headers = {"content-type": "application/x-protobuf", "user-agent": USER_AGENT}
+        headers.update(
+            parse_env_headers(
+                _first(environ, OTEL_EXPORTER_OTLP_TRACES_HEADERS, OTEL_EXPORTER_OTLP_HEADERS),
+                liberal=True,
+            )
+        )
+        named = _first(
+            environ, OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_OTLP_COMPRESSION
+        )
+        compression = named.strip().lower() or "none"
+        if compression not in COMPRESSIONS:
+            logger.warning("tracing: unsupported OTLP compression %r: none used", compression)
+            compression = "none"
+        if compression != "none" and "content-encoding" not in headers:
+            headers["content-encoding"] = compression
+        key = _first(environ, OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, OTEL_EXPORTER_OTLP_CLIENT_KEY)
+        certificate = _first(
+            environ,
+            OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+            OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+        )
+        return cls(
+            endpoint=endpoint,
+            headers=headers,
+            timeout_s=_timeout_s(
+                _first(environ, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT)
+            ),
+            compression=compression,
+            verify=_first(
+                environ, OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, OTEL_EXPORTER_OTLP_CERTIFICATE
+            )
+            or True,
+            cert=(certificate, key) if certificate and key else certificate or None,
+        )
+
+
+def _timeout_s(text: str) -> float:
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        return float(text)
+    except ValueError:
+        logger.warning("tracing: invalid OTLP timeout %r: %.0f s used", text, DEFAULT_TIMEOUT_S)
+        return DEFAULT_TIMEOUT_S
+
+
+def _compressed(body: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.compress(body, mtime=0)
+    if compression == "deflate":
+        return zlib.compress(body)
+    return body
+
+
+def _retry_after_s(response: requests.Response) -> float | None:
+    """The answer's Retry-After (RFC 9110: seconds, or an HTTP date), None if none."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is in GMT
+            when = when.replace(tzinfo=UTC)
+        return max(when.timestamp() - time.time(), 0.0)
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+class OtlpHttpSpanExporter(SpanExporter):
+    """Exports spans to an OTLP/HTTP endpoint (`http/protobuf`), each batch's body written
+    by `SpanEncoder`, configured and retried as the SDK's own OTLP/HTTP exporter."""
+
+    def __init__(
+        self, environ: Mapping[str, str] | None = None, session: requests.Session | None = None
+    ) -> None:
+        self.settings = OtlpHttpSettings.from_environ(os.environ if environ is None else environ)
+        self._session = session if session is not None else requests.Session()
+        self._session.verify = self.settings.verify
+        if self.settings.cert is not None:
+            self._session.cert = self.settings.cert
+        self._headers = dict(self.settings.headers)
         self._encoder = SpanEncoder()
+        self._stopped = threading.Event()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
+        if self._stopped.is_set():
             logger.warning("tracing: export after shutdown ignored")
             return SpanExportResult.FAILURE
-        with self._metrics.export_operation(len(spans)) as result:
-            try:
-                body = self._encoder.encode(spans)
-            except Exception as error:  # a span the writer cannot spell: this batch is lost
-                logger.exception("tracing: cannot encode a batch of %d spans", len(spans))
-                result.error = error
-                return SpanExportResult.FAILURE
-            if _is_request_too_large(body, self._max_request_size):
-                logger.warning(
-                    "tracing: a batch of %d spans (%d bytes) is over the exporter's "
-                    "max_request_size: dropped",
-                    len(spans),
-                    len(body),
+        try:
+            body = self._encoder.encode(spans)
+        except Exception:  # a span the writer cannot spell: this batch is lost
+            logger.exception("tracing: cannot encode a batch of %d spans", len(spans))
+            return SpanExportResult.FAILURE
+        if len(body) > MAX_REQUEST_BYTES:
+            logger.warning(
+                "tracing: a batch of %d spans (%d bytes) is over %d bytes: dropped",
+                len(spans),
+                len(body),
+                MAX_REQUEST_BYTES,
+            )
+            return SpanExportResult.FAILURE
+        sent = self._send(_compressed(body, self.settings.compression))
+        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
+
+    def _send(self, data: bytes) -> bool:
+        """POST `data`, retrying what may pass later until the timeout; True once accepted."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        for attempt in range(MAX_ATTEMPTS):
+            backoff = 2**attempt * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
+            answer = self._post(data, deadline)
+            if isinstance(answer, requests.Response):
+                if 200 <= answer.status_code < 400:
+                    return True
+                problem = f"HTTP {answer.status_code} {answer.reason}"
+                retryable = answer.status_code in RETRYABLE_STATUSES
+                retry_after = _retry_after_s(answer) if retryable else None
+                backoff = backoff if retry_after is None else retry_after
+            else:
+                problem = f"{type(answer).__name__}: {answer}"
+                retryable = isinstance(answer, _CONNECTION_ERRORS)
+            if not retryable:
+                logger.error(
+                    "tracing: OTLP export to %s failed: %s", self.settings.endpoint, problem
                 )
-                return SpanExportResult.FAILURE
-            sent = self._client.export(body)
-            if not sent.success:
-                result.error = sent.error
-                return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+                return False
+            if (
+                attempt + 1 == MAX_ATTEMPTS
+                or backoff > deadline - time.monotonic()
+                or self._stopped.is_set()
+            ):
+                logger.error(
+                    "tracing: OTLP export to %s failed after %d attempts (%s): batch dropped",
+                    self.settings.endpoint,
+                    attempt + 1,
+                    problem,
+                )
+                return False
+            logger.warning(
+                "tracing: OTLP export to %s: %s, retrying in %.2f s",
+                self.settings.endpoint,
+                problem,
+                backoff,
+            )
+            if self._stopped.wait(backoff):
+                logger.warning("tracing: shutting down: OTLP export retry abandoned")
+                return False
+        return False
+
+    def _post(self, data: bytes, deadline: float) -> requests.Response | Exception:
+        """One POST; a connection error once more at once, while time is left (the pool's
+        connection may have been closed by the other end)."""
+        answer = self._request(data, max(deadline - time.monotonic(), 0.0))
+        if isinstance(answer, _CONNECTION_ERRORS):
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                answer = self._request(data, remaining)
+        return answer
+
+    def _request(self, data: bytes, timeout_s: float) -> requests.Response | Exception:
+        try:
+            return self._session.post(
+                self.settings.endpoint,
+                data=data,
+                headers=self._headers,
+                timeout=timeout_s,
+                allow_redirects=False,
+            )
+        except Exception as error:  # requests' and urllib3's, and a bad URL's: a failed try
+            return error
+
+    def shutdown(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._session.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered here (the batch processor holds the spans)."""
+        return True

@@ -4,6 +4,7 @@ against a real OTLP/HTTP endpoint."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -13,7 +14,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
@@ -96,9 +97,46 @@ def spans() -> Iterator[tuple[ReadableSpan, ...]]:
     provider.shutdown()
 
 
-def test_the_request_decodes_to_what_the_sdk_encodes(spans: tuple[ReadableSpan, ...]) -> None:
+def test_the_request_is_what_the_sdk_encodes_byte_for_byte(spans: tuple[ReadableSpan, ...]) -> None:
     written = SpanEncoder().encode(spans)
     assert ExportTraceServiceRequest.FromString(written) == encode_spans(spans)
+    assert written == encode_spans(spans).SerializeToString()
+
+
+def test_events_and_list_and_map_values_are_written_as_the_sdk_writes_them() -> None:
+    keep = InMemorySpanExporter()
+    resource = Resource({"service.name": "mnist-serving", "hosts": ("a", "b")})
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    tracer = provider.get_tracer("tests", attributes={"scope.kind": "unit", "ids": (1, 2)})
+    with tracer.start_as_current_span("events", attributes={"sizes": [0.5, -1.0]}) as span:
+        span.add_event("started")
+        span.add_event("retried", {"attempt": 2, "codes": ["UNAVAILABLE"], "ok": False})
+    # A span as a processor may hand over: raw values the SDK's API would have cleaned.
+    raw = ReadableSpan(
+        name="raw",
+        context=REMOTE_PARENT,
+        attributes={"map": {"a": 1, "b": [1, None]}, "none": None, "empty": [], "bytes": b"\0"},
+        events=[Event("raw event", {"nested": {"k": "v"}}, timestamp=5)],
+        resource=Resource({}),
+    )
+    spans = [*keep.get_finished_spans(), raw]
+    assert SpanEncoder().encode(spans) == encode_spans(spans).SerializeToString()
+    provider.shutdown()
+
+
+def test_an_attribute_with_no_otlp_form_is_left_out_as_the_sdk_leaves_it_out() -> None:
+    attributes: dict[str, Any] = {"kept": 1, "object": object(), "also kept": "x"}
+    odd = ReadableSpan(
+        name="odd",
+        context=REMOTE_PARENT,
+        attributes=attributes,
+        resource=Resource({}),
+    )
+    written = SpanEncoder().encode([odd])
+    assert written == encode_spans([odd]).SerializeToString()
+    [kept] = ExportTraceServiceRequest.FromString(written).resource_spans[0].scope_spans
+    assert [pair.key for pair in kept.spans[0].attributes] == ["kept", "also kept"]
 
 
 def test_spans_of_several_resources_are_grouped_as_the_sdk_groups_them(
@@ -136,7 +174,7 @@ def test_the_exporter_sends_what_the_sdk_exporter_sends(
         sdk = SdkHttpSpanExporter()
         assert sdk.export(spans) is SpanExportResult.SUCCESS
         both = collector.wait_for(lambda got: len(got) == 2 * len(spans), "the SDK's export")
-        ours.shutdown()  # type: ignore[no-untyped-call]
+        ours.shutdown()
         sdk.shutdown()  # type: ignore[no-untyped-call]
     assert sent == both[len(spans) :]
     assert {span.name for span in sent} >= {"queue", "batch", "internal"}
@@ -151,5 +189,5 @@ def test_the_exporter_reports_a_failure_when_no_collector_answers(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
     exporter = OtlpHttpSpanExporter()
     assert exporter.export(spans) is SpanExportResult.FAILURE
-    exporter.shutdown()  # type: ignore[no-untyped-call]
+    exporter.shutdown()
     assert exporter.export(spans) is SpanExportResult.FAILURE  # after shutdown: refused
