@@ -116,7 +116,8 @@ def probe(front: str, calls: int, workdir: Path) -> dict[str, Any]:
         "--model-repository", str(REPO_ROOT / "model_repository"),
         "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
         "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-        "--workers", "1", "--supervise", "off", "--log-level", "WARNING", "--grpc-front", grpc_front,
+        "--workers", "1", "--supervise", "off", "--log-level", "WARNING",
+        "--grpc-front", grpc_front,
     )  # fmt: skip
     with ServiceProcess(command, log_path=workdir / f"{front}.log") as server:
         port = server.ready["http_port"] if front == "http" else server.ready["grpc_port"]
