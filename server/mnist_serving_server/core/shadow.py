@@ -8,9 +8,9 @@ a version gets, and links the serving version's batches to it (`BatchTap.shadow`
 every load.
 
 `BatchTap` is what the batcher calls once per ONNX Runtime batch, after the batch's
-callers have their answers (core/batcher.py `on_outputs`): it gathers the batch for the
-version's monitor (core/monitoring.py) and, for the serving version, calls
-`ShadowLink.forward`: the batch's images copied and queued on the shadow's own batcher,
+callers have their answers (core/batcher.py `on_outputs`): it gathers the batches for the
+version's monitor (core/monitoring.py) and, for the serving version, for
+`ShadowLink.forward`: the gathered images (copies) queued on the shadow's own batcher,
 unless the images already waiting for the shadow would pass `limit` (then the copy is
 dropped: never a refusal, a wait or a failure for the primary). When the shadow's batch is
 done its top-1 labels are compared with the primary's (vectorised) and counted: `agree`,
@@ -74,13 +74,13 @@ class ShadowLink:
         """Images handed to the shadow and not yet answered."""
 
     def forward(self, pixels: np.ndarray, top: np.ndarray) -> None:
-        """Queue a copy of `pixels` (whose primary top-1 labels are `top`) on the shadow."""
+        """Queue `pixels` (a copy the shadow may keep; the primary's top-1 labels `top`)."""
         rows = len(top)
         if self.pending + rows > self._limit or not self._batcher.running:
             self._count(DROPPED, rows)
             return
         try:
-            future = self._batcher.enqueue(np.array(pixels, copy=True))
+            future = self._batcher.enqueue(pixels)
         except ServingError:
             self._count(DROPPED, rows)
             return
@@ -112,11 +112,12 @@ class ShadowLink:
 class BatchTap:
     """What one version's batcher calls with each batch's inputs and outputs.
 
-    A batch is only noted here (its probabilities, each image's input statistic: a few
-    microseconds); the monitor sees the gathered batches at once, when FLUSH_IMAGES have
-    gathered or FLUSH_DELAY_S after the first (a timer on the event loop), so its numpy
-    work and metric updates cost per 64 images, not per batch. The shadow gets each
-    batch's copy at once.
+    A batch is only noted here (its probabilities, each image's input statistic and, while
+    the version has a shadow, a copy of its images: a few microseconds); the monitor and the
+    shadow see the gathered batches at once, when FLUSH_IMAGES have gathered or
+    FLUSH_DELAY_S after the first (a timer on the event loop). So the monitor's numpy work
+    and metric updates cost per 64 images, not per batch, and the shadow runs batches of
+    up to 64 images, whatever the size of the primary's.
     """
 
     __slots__ = ("_pending", "_rows", "_timer", "monitor", "observer", "shadow")
@@ -126,7 +127,7 @@ class BatchTap:
         self.observer = observer
         self.shadow: ShadowLink | None = None
         """Set by the registry on the model's serving version while it has a shadow."""
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -138,13 +139,11 @@ class BatchTap:
         probabilities = outputs.get(PROBABILITIES_OUTPUT)
         if probabilities is None or probabilities.ndim != 2:
             return
-        if shadow is not None:
-            shadow.forward(pixels, probabilities.argmax(axis=1))
-        if monitor is None:
-            return
-        # The statistic now: the batch's pixels may be a caller's buffer, not kept.
-        statistic = input_statistic(pixels) if monitor.drift else _NOTHING
-        self._pending.append((statistic, probabilities))
+        # Computed or copied now: the batch's pixels may be a caller's buffer, not kept.
+        drift = monitor is not None and monitor.drift
+        statistic = input_statistic(pixels) if drift else _NOTHING
+        copy = None if shadow is None else np.array(pixels, copy=True)
+        self._pending.append((statistic, probabilities, copy))
         self._rows += len(probabilities)
         if self._rows >= FLUSH_IMAGES:
             self.flush()
@@ -152,20 +151,44 @@ class BatchTap:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush)
 
     def flush(self) -> None:
-        """Hand the gathered batches to the monitor now."""
+        """Hand the gathered batches to the monitor and the shadow now."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         pending, self._pending, self._rows = self._pending, [], 0
-        monitor = self.monitor
-        if not pending or monitor is None:
+        if not pending:
             return
         if len(pending) == 1:
-            statistic, probabilities = pending[0]
+            statistic, probabilities, _ = pending[0]
         else:
             statistic = np.concatenate([part[0] for part in pending])
             probabilities = np.concatenate([part[1] for part in pending])
         try:
-            monitor.observe_statistic(statistic, probabilities)
+            if self.monitor is not None:
+                top = self.monitor.observe_statistic(statistic, probabilities)
+            else:
+                top = probabilities.argmax(axis=1)
+            self._forward(pending, top)
         except Exception:
             logger.exception("model monitoring failed")
+
+    def _forward(
+        self, pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], top: np.ndarray
+    ) -> None:
+        """The copies gathered while the shadow was linked, to the shadow linked now."""
+        shadow = self.shadow
+        if shadow is None:
+            return
+        copies: list[np.ndarray] = []
+        tops: list[np.ndarray] = []
+        start = 0
+        for _, probabilities, copy in pending:
+            end = start + len(probabilities)
+            if copy is not None:
+                copies.append(copy)
+                tops.append(top[start:end])
+            start = end
+        if len(copies) == 1:
+            shadow.forward(copies[0], tops[0])
+        elif copies:
+            shadow.forward(np.concatenate(copies), np.concatenate(tops))

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from mnist_serving_server.core.shadow import (
 CLASSES = 10
 LABELS = tuple(str(digit) for digit in range(CLASSES))
 WINDOW = 200
+POLL_S = 0.01
 
 
 class Recorder:
@@ -194,27 +195,37 @@ async def test_the_shadow_link_counts_agreement_and_drops_beyond_its_limit() -> 
     shadow = DynamicBatcher(shadow_run, max_batch_size=64)
     await shadow.start()
     recorder = Recorder()
-    tap = BatchTap(None, recorder)
-    tap.shadow = ShadowLink("2", shadow, recorder, limit=30)
+    link = ShadowLink("2", shadow, recorder, limit=30)
     rng = np.random.default_rng(4)
     try:
-        for agreeing in (True, False):
-            pixels = rng.integers(0, 10, size=(10, 1, 28, 28)).astype(np.uint8)
-            classes = pixels[:, 0, 0, 0] % 10
-            top = classes if agreeing else permutation[classes]
-            tap(pixels, {"probabilities": np.eye(CLASSES, dtype=np.float32)[top]})
-        tap(pixels, {"probabilities": np.eye(CLASSES, dtype=np.float32)[classes]})
-        tap(pixels, {"probabilities": np.eye(CLASSES, dtype=np.float32)[classes]})
-        assert recorder.shadow[DROPPED] == 10  # 30 pending, the fourth batch over the limit
+        pixels = rng.integers(0, 10, size=(10, 1, 28, 28)).astype(np.uint8)
+        classes = pixels[:, 0, 0, 0] % 10
+        for top in (classes, classes, permutation[classes], classes):
+            link.forward(pixels.copy(), top)
+        assert recorder.shadow[DROPPED] == 10  # 30 pending: the fourth copy is over the limit
         release.set()
-        for _ in range(100):
-            if sum(recorder.shadow.values()) == 40:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: sum(recorder.shadow.values()) == 40)
         assert recorder.shadow == {AGREE: 20, DISAGREE: 10, DROPPED: 10}
+
+        # Through the tap: the batches are gathered, then copied to the shadow at once.
+        tap = BatchTap(None, recorder)
+        tap.shadow = ShadowLink("2", shadow, recorder, limit=30)
+        for _ in range(2):
+            tap(pixels, {"probabilities": np.eye(CLASSES, dtype=np.float32)[classes]})
+        await wait_until(lambda: sum(recorder.shadow.values()) == 60)
+        assert recorder.shadow == {AGREE: 40, DISAGREE: 10, DROPPED: 10}
     finally:
         release.set()
         await shadow.stop()
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll `condition` (outcomes are counted from futures' callbacks: no event to await)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    for _ in range(int(timeout_s / POLL_S)):
+        if condition() or asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(POLL_S)
 
 
 async def test_the_tap_hands_batches_to_the_monitor_per_64_images_or_after_a_moment() -> None:
