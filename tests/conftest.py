@@ -35,6 +35,10 @@ FOLDER_MARKERS = ("unit", "integration", "e2e", "interop")
 # beats this variable): the default, auto, starts one worker per core, which multiplies
 # start-up time and memory for tests about something else. tests/e2e/workers tests auto.
 os.environ.setdefault("MNIST_SERVING_WORKERS", "1")
+# ... and that one process is the server itself (its pid in the ready file, its memory and
+# threads what tests measure), not a supervised child: tests/e2e/workers and the hostile-
+# payload tests exercise the supervising parent (`--supervise on`, the product's default).
+os.environ.setdefault("MNIST_SERVING_SUPERVISE", "off")
 
 
 def load_script(name: str, path: Path) -> ModuleType:

@@ -236,7 +236,14 @@ def test_a_single_worker_is_restarted_too(
 ) -> None:
     images, labels = sample_digits
     with start_server_process(
-        repository, "--workers", "1", "--drain-delay-s", "0", timeout_s=START_TIMEOUT_S
+        repository,
+        "--workers",
+        "1",
+        "--supervise",
+        "on",
+        "--drain-delay-s",
+        "0",
+        timeout_s=START_TIMEOUT_S,
     ) as server:
         (victim,) = worker_pids(server)
         os.kill(victim, signal.SIGKILL)
