@@ -23,8 +23,10 @@ from mnist_serving_client import (
 )
 from tests.support.server_process import ServerProcess, start_server_process
 
-# Digits the model is sure about: re-encoding (PNG, JPEG) must not flip their label.
-CONFIDENT = 0.99
+# Digits the model is sure about: re-encoding (PNG, JPEG) must not flip their label. The
+# shipped model is trained with label smoothing 0.1, so its top-1 probability stays near
+# 0.95 for the clearest digits (it was 0.99+ before, without smoothing).
+CONFIDENT = 0.9
 FORM_DIGITS = 20
 SPLIT_IMAGES = 2500  # > 2 x the default 1,024 images per request
 STREAM_IMAGES = 10_000
