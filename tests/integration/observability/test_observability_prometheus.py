@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.observability.observed_server import send_classify_calls
+from tests.integration.observability.observed_server import (
+    OBSERVED_SERVER_ARGS,
+    observed_repository,
+    send_classify_calls,
+    wait_for_model_quality_series,
+)
 from tests.integration.observability.prometheus_process import (
     JOB_NAME,
     PROMETHEUS_BINARY,
@@ -65,10 +70,15 @@ class Observed:
 
 
 @pytest.fixture(scope="module")
-def observed(model_repository: Path, sample_digits: tuple[Any, Any]) -> Iterator[Observed]:
+def observed(
+    model_repository: Path,
+    sample_digits: tuple[Any, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Observed]:
     """A server with known traffic, scraped by Prometheus that also evaluates our rules."""
     images, _labels = sample_digits
-    with start_server_process(model_repository) as server:
+    repository = observed_repository(model_repository, tmp_path_factory.mktemp("observed") / "r")
+    with start_server_process(repository, *OBSERVED_SERVER_ARGS) as server:
         assert server.metrics_port is not None
         with run_prometheus(server.metrics_port, [RULES_FILE]) as prometheus:
             wait_for(
@@ -81,6 +91,7 @@ def observed(model_repository: Path, sample_digits: tuple[Any, Any]) -> Iterator
             send_classify_calls(server.target, images, WARM_UP_CALLS)
             wait_for(lambda: prometheus.scalar(OK_COUNT), SCRAPE_WAIT_S, "the warm-up call")
             send_classify_calls(server.target, images, MEASURED_CALLS)
+            wait_for_model_quality_series(server.metrics_port)
             wait_for(
                 lambda: prometheus.scalar(OK_COUNT) == TOTAL_CALLS or None,
                 SCRAPE_WAIT_S,

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.observability.observed_server import exposed_name, send_classify_calls
+from tests.integration.observability.observed_server import (
+    OBSERVED_SERVER_ARGS,
+    exposed_name,
+    observed_repository,
+    send_classify_calls,
+    wait_for_model_quality_series,
+)
 from tests.support.metrics import scrape_families
 from tests.support.server_process import ServerProcess, start_server_process
 from tests.unit.deploy.metric_contract import (
@@ -33,8 +39,11 @@ CREATED_SUFFIX = "_created"
 
 
 @pytest.fixture(scope="module")
-def server_process(model_repository: Path) -> Iterator[ServerProcess]:
-    with start_server_process(model_repository) as process:
+def server_process(
+    model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    repository = observed_repository(model_repository, tmp_path_factory.mktemp("observed") / "r")
+    with start_server_process(repository, *OBSERVED_SERVER_ARGS) as process:
         yield process
         assert process.stop() == 0
 
@@ -43,6 +52,7 @@ def server_process(model_repository: Path) -> Iterator[ServerProcess]:
 def served_some_calls(server_process: ServerProcess, sample_digits: tuple[Any, Any]) -> None:
     images, _labels = sample_digits
     send_classify_calls(server_process.target, images, WARM_UP_CALLS)
+    wait_for_model_quality_series(server_process.metrics_port)
 
 
 def run_health_check(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from tests.unit.deploy.metric_contract import (
     selectors,
 )
 
-EXPECTED_METRIC_COUNT = 15
+EXPECTED_METRIC_COUNT = 17
 
 
 def test_contract_is_read_from_the_architecture_doc() -> None:
