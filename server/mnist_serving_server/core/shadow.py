@@ -143,6 +143,10 @@ class BatchTap:
         drift = monitor is not None and monitor.drift
         statistic = input_statistic(pixels) if drift else _NOTHING
         copy = None if shadow is None else np.array(pixels, copy=True)
+        # A copy too: ONNX Runtime's output may hold memory of the version's session, which a
+        # load/unload cycle would otherwise free only after the next session is made (the
+        # heap then grew by a session per cycle: tests/integration/repository).
+        probabilities = np.array(probabilities, copy=True)
         self._pending.append((statistic, probabilities, copy))
         self._rows += len(probabilities)
         if self._rows >= FLUSH_IMAGES:
