@@ -10,10 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 import time
 import urllib.request
-from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from mnist_serving_proto import open_inference_pb2_grpc as pb_grpc
 from mnist_serving_server.workers import RESTART_LIMIT
 from tests.integration.v2.v2_helpers import output_array, raw_infer_request
 from tests.support.channels import open_channels
+from tests.support.load import ModelInferLoad
 from tests.support.metrics import scrape, total
 from tests.support.processes import established_server_sockets, socket_inodes_of, worker_pids
 from tests.support.server_process import ServerProcess, start_server_process
@@ -37,9 +36,6 @@ MODEL = "mnist"
 SECOND_MODEL = "mnist_b"
 START_TIMEOUT_S = 120
 RPC_TIMEOUT_S = 10
-LOAD_THREADS = 4
-LOAD_LIMIT_S = 120.0
-LOAD_LIMIT_CALLS_PER_THREAD = 100_000
 # The issue's bar: at least this many calls succeed in the seconds after the kill.
 CALLS_AFTER_KILL = 100
 AFTER_KILL_S = 4.0
@@ -58,55 +54,11 @@ def repository(model_repository: Path, tmp_path: Path) -> Path:
 
 
 def start_workers(repository: Path, *args: str) -> ServerProcess:
+    """The supervisor as the product runs it (the tests' environment turns it off)."""
     return start_server_process(
-        repository, "--workers", str(WORKERS), "--drain-delay-s", "0", *args,
-        timeout_s=START_TIMEOUT_S,
+        repository, "--workers", str(WORKERS), "--supervise", "on", "--drain-delay-s", "0",
+        *args, timeout_s=START_TIMEOUT_S,
     )  # fmt: skip
-
-
-class Load:
-    """Threads calling ModelInfer on connections of their own; when each call succeeded."""
-
-    def __init__(self, target: str, image: np.ndarray) -> None:
-        self._request = raw_infer_request(image[None])
-        self._channels = open_channels(target, LOAD_THREADS)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.codes: Counter[str] = Counter()
-        self.successes: list[float] = []
-        self._threads = [
-            threading.Thread(target=self._run, args=(channel,), daemon=True)
-            for channel in self._channels
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def succeeded_between(self, start: float, end: float) -> int:
-        with self._lock:
-            return sum(1 for at in self.successes if start <= at <= end)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=LOAD_LIMIT_S)
-        for channel in self._channels:
-            channel.close()
-
-    def _run(self, channel: grpc.Channel) -> None:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        deadline = time.monotonic() + LOAD_LIMIT_S
-        for _ in range(LOAD_LIMIT_CALLS_PER_THREAD):
-            if self._stop.is_set() or time.monotonic() > deadline:
-                return
-            try:
-                stub.ModelInfer(self._request, timeout=RPC_TIMEOUT_S)
-                code = "OK"
-            except grpc.RpcError as error:
-                code = error.code().name
-            with self._lock:
-                self.codes[code] += 1
-                if code == "OK":
-                    self.successes.append(time.monotonic())
 
 
 def replaced(server: ServerProcess, dead: int, workers: int = WORKERS) -> list[int] | None:
@@ -138,7 +90,7 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(
     images, labels = sample_digits
     with start_workers(repository) as server:
         victim = worker_pids(server)[0]
-        load = Load(server.target, images[0])
+        load = ModelInferLoad(server.target, images[0])
         try:
             wait_for(lambda: load.succeeded_between(0, time.monotonic()) >= 50 or None)
             killed_at = time.monotonic()

@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
@@ -29,12 +26,12 @@ from mnist_serving_server.core.cores import available_cores
 from tests.integration.v2.v2_helpers import raw_infer_request
 from tests.repository_models import (
     MODEL_FILE,
-    PROBABILITIES,
     answered_by,
     reference_probabilities,
     stage_version,
 )
 from tests.support.channels import open_channels
+from tests.support.load import ModelInferLoad, served_probabilities
 from tests.support.processes import established_server_sockets, socket_inodes_of, worker_pids
 from tests.support.server_process import ServerProcess, start_server_process
 
@@ -42,10 +39,6 @@ WORKERS = 2
 RPC_TIMEOUT_S = 30
 MODEL = "mnist"
 CONNECTIONS = 16  # all on one of two workers: chance 2**-15
-LOAD_THREADS = 4
-# The load runs until the swap is done; these bound it whatever happens.
-LOAD_LIMIT_CALLS_PER_THREAD = 20_000
-LOAD_LIMIT_S = 120.0
 CALLS_BEFORE_SWAP = 200
 CALLS_AFTER_SWAP = 200
 START_TIMEOUT_S = 120
@@ -78,12 +71,6 @@ def add_version(repository: Path, version: int) -> dict[str, Path]:
     """
     stage_version(repository / MODEL / "1" / MODEL_FILE, repository, MODEL, version)
     return {v: repository / MODEL / v / MODEL_FILE for v in ("1", str(version))}
-
-
-def served_probabilities(reply: pb.ModelInferResponse) -> np.ndarray:
-    (index,) = [i for i, out in enumerate(reply.outputs) if out.name == PROBABILITIES]
-    shape = tuple(reply.outputs[index].shape)
-    return np.frombuffer(reply.raw_output_contents[index], dtype="<f4").reshape(shape)
 
 
 class Workers:
@@ -124,74 +111,6 @@ def workers(repository: Path) -> Iterator[tuple[ServerProcess, Workers]]:
             connections.close()
 
 
-class Load:
-    """Threads calling ModelInfer (latest version) on their own connections until stopped."""
-
-    def __init__(self, target: str, image: np.ndarray) -> None:
-        self._image = image[None]
-        self._request = raw_infer_request(self._image)
-        # Per version, the probabilities it computes for the image (set before the swap).
-        self.references: dict[str, np.ndarray] = {}
-        # Calls whose probabilities are not those of the version the reply names.
-        self.mismatches: list[str] = []
-        self._channels = open_channels(target, LOAD_THREADS)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.codes: Counter[str] = Counter()
-        self.versions: Counter[str] = Counter()
-        self._threads = [
-            threading.Thread(target=self._run, args=(channel,), daemon=True)
-            for channel in self._channels
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def expect(self, model_files: dict[str, Path]) -> None:
-        """Check every later answer against these versions' own outputs."""
-        references = {v: reference_probabilities(f, self._image) for v, f in model_files.items()}
-        with self._lock:
-            self.references = references
-
-    def calls(self) -> int:
-        with self._lock:
-            return sum(self.codes.values())
-
-    def wait_for(self, calls: int) -> None:
-        deadline = time.monotonic() + LOAD_LIMIT_S
-        while self.calls() < calls and time.monotonic() < deadline:
-            time.sleep(WAIT_STEP_S)
-        assert self.calls() >= calls, self.codes
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=LOAD_LIMIT_S)
-        for channel in self._channels:
-            channel.close()
-
-    def _run(self, channel: grpc.Channel) -> None:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        deadline = time.monotonic() + LOAD_LIMIT_S
-        for _ in range(LOAD_LIMIT_CALLS_PER_THREAD):
-            if self._stop.is_set() or time.monotonic() > deadline:
-                return
-            try:
-                reply = stub.ModelInfer(self._request, timeout=RPC_TIMEOUT_S)
-                code, version = "OK", reply.model_version
-            except grpc.RpcError as error:
-                code, version = error.code().name, ""
-            with self._lock:
-                self.codes[code] += 1
-                self.versions[version] += 1
-                if code == "OK" and self.references:
-                    try:
-                        computed = answered_by(served_probabilities(reply), self.references)
-                    except AssertionError as error:
-                        computed = str(error)
-                    if computed != version:
-                        self.mismatches.append(f"says {version}, computed by {computed}")
-
-
 def test_a_swap_under_load_reaches_every_worker_before_the_call_returns(
     workers: tuple[ServerProcess, Workers],
     repository: Path,
@@ -199,7 +118,7 @@ def test_a_swap_under_load_reaches_every_worker_before_the_call_returns(
 ) -> None:
     server, connections = workers
     assert connections.ready("1") == {True}
-    load = Load(server.target, sample_digits[0][0])
+    load = ModelInferLoad(server.target, sample_digits[0][0])
     try:
         load.expect({"1": repository / MODEL / "1" / MODEL_FILE})
         load.wait_for(CALLS_BEFORE_SWAP)
