@@ -248,8 +248,11 @@ lint: $(VENV_STAMP) ## ruff (lint + format check), mypy, and the import layers (
 # The container's tests run in test-docker (docker-e2e), which builds the image they need.
 DOCKER_TESTS := tests/e2e/docker tests/interop/test_interop_docker_image.py
 
+# The onnxruntime-gpu build's tests run in make test-gpu-build, which installs that build.
+GPU_BUILD_TESTS := tests/e2e/gpu_build
+
 test-python: $(VENV_STAMP) system-deps ## Every test but tritonclient's and the container's (part of make test)
-	$(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/interop $(addprefix --ignore=,$(DOCKER_TESTS))
+	$(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/interop $(addprefix --ignore=,$(DOCKER_TESTS) $(GPU_BUILD_TESTS))
 
 # tritonclient registers its own `inference.*` protobuf messages; ours would clash in one
 # process, so the tests that use it run in a pytest process of their own.
