@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server_process import REPO_ROOT
+from tests.support.server_process import REPO_ROOT, server_command
 
 GPU_PYTHON = os.environ.get("MNIST_SERVING_GPU_PYTHON", "")
 FALLBACK = "onnxruntime-gpu is installed but "
@@ -44,25 +44,10 @@ def gpu_python(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def serve_args(ready_file: Path, *extra: str) -> list[str]:
-    return [
-        "-m",
-        "mnist_serving_server",
-        "--model-repository",
-        str(REPO_ROOT / "model_repository"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--http-port",
-        "0",
-        "--workers",
-        "2",
-        "--ready-file",
-        str(ready_file),
-        *extra,
-    ]
+    """The server's arguments as tests/support starts it (its interpreter left out: the GPU
+    build's runs them), two workers, the shipped model."""
+    command = server_command(REPO_ROOT / "model_repository", ready_file, "--workers", "2", *extra)
+    return command[1:]
 
 
 def test_the_environment_holds_the_gpu_build_and_not_the_cpu_one() -> None:
