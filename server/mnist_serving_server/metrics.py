@@ -288,8 +288,8 @@ class ServerMetrics:
         labels = info.labels if classifier_classes(info) else ()
         return VersionObserver(self, info.name, info.version, labels)
 
-    def on_rejected(self, reason: str) -> None:
-        self.rejections.labels(reason=reason).inc()
+    def on_rejected(self, reason: str, count: int = 1) -> None:
+        self.rejections.labels(reason=reason).inc(count)
 
     def on_model_state(self, model: str, version: str, state: str, info: ModelInfo | None) -> None:
         """Follow a model version's state (the registry's StateListener)."""

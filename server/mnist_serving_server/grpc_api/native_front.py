@@ -255,12 +255,18 @@ class NativeFront:
         refused = int(counters.get("status", {}).get(_UNAUTHENTICATED, {}).get("count", 0))
         new = refused - self._native_refusals.get(key, 0)
         self._native_refusals[key] = refused
-        for _ in range(new):
-            self._metrics.on_rejected(REASON_UNAUTHENTICATED)
-            if method:
-                self._metrics.count_request(
-                    PROTOCOL, method, "", "", grpc.StatusCode.UNAUTHENTICATED.name, 0.0
-                )
+        if new <= 0:
+            return
+        # Added up at once: a flood of refusals must not cost the loop a call each.
+        self._metrics.on_rejected(REASON_UNAUTHENTICATED, new)
+        if method:  # counted, with no duration: the call never reached this process's code
+            self._metrics.requests.labels(
+                protocol=PROTOCOL,
+                method=method,
+                model="",
+                version="",
+                code=grpc.StatusCode.UNAUTHENTICATED.name,
+            ).inc(new)
 
     # --- the receiving thread, then the loop ------------------------------------------
 
